@@ -1,0 +1,49 @@
+# xlalign: the two commands a new user needs are `make reproduce` and `make test`.
+# Both create (or refresh) the project virtualenv in .venv from the exact pins first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PROFILE ?= cpu
+RUN_ID ?=
+ARGS ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.xlalign-installed
+# Extra pip flags, e.g. PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu" where the
+# default index would otherwise serve a CUDA torch wheel.
+PIP_EXTRA ?=
+
+.PHONY: venv reproduce test lint format lock clean-cache help
+
+help:
+	@echo "make reproduce [PROFILE=cpu|smoke|paper] [RUN_ID=...]  run every notebook with papermill"
+	@echo "make test                                           run the test suite (smoke profile)"
+	@echo "make lint | format | lock"
+
+$(STAMP): pyproject.toml requirements/lock-cpu.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(PIP_EXTRA) --no-deps -r requirements/lock-cpu.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+reproduce: venv
+	$(BIN)/python -m xlalign reproduce --profile $(PROFILE) $(if $(RUN_ID),--run-id $(RUN_ID)) $(ARGS)
+
+test: venv
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: venv
+	$(BIN)/ruff check src tests notebooks scripts
+	$(BIN)/ruff format --check src tests notebooks scripts
+
+format: venv
+	$(BIN)/ruff format src tests notebooks scripts
+
+# Re-resolve the lock from pyproject.toml in a scratch venv (needs the package index).
+lock:
+	rm -rf /tmp/xlalign-lock && $(PYTHON) -m venv /tmp/xlalign-lock
+	/tmp/xlalign-lock/bin/pip install -q $(PIP_EXTRA) -e .[dev]
+	{ head -2 requirements/lock-cpu.txt; /tmp/xlalign-lock/bin/pip freeze --exclude-editable | sed 's/+cpu//'; } > requirements/lock-cpu.txt.new
+	mv requirements/lock-cpu.txt.new requirements/lock-cpu.txt
