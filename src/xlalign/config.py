@@ -56,6 +56,7 @@ class LoraSection:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    top_layers: int = 0  # 0: every layer; N: adapters only on the top N layers (cheaper backward on CPU)
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -98,7 +99,7 @@ class DataSection:
 @dataclass
 class TrainSection:
     method: str = "orpo"  # dpo | orpo
-    batching: str = "aligned"  # aligned | uncoupled
+    batching: str = "aligned"  # aligned | uncoupled | clustered
     batch_size: int = 7  # languages per aligned batch (paper: 7)
     include_english: bool = True  # C.1 ablation when false
     learning_rate: float = 5e-6
@@ -113,10 +114,12 @@ class TrainSection:
     save_steps: int = 0  # 0: save only at the end
     max_length: int = 4096
     optim: str = "adamw_torch"
+    orpo_nll_scope: str = "full"  # full (TRL 1.16 stock: chosen prompt+response) | completion
 
     def __post_init__(self) -> None:
-        _choice(self.method, ("dpo", "orpo"), "train.method")
-        _choice(self.batching, ("aligned", "uncoupled"), "train.batching")
+        _choice(self.method, ("dpo", "orpo", "sft"), "train.method")
+        _choice(self.batching, ("aligned", "uncoupled", "clustered"), "train.batching")
+        _choice(self.orpo_nll_scope, ("full", "completion"), "train.orpo_nll_scope")
         _choice(self.lr_scheduler, ("linear", "cosine", "constant"), "train.lr_scheduler")
         if self.batch_size < 1:
             raise ConfigError(f"train.batch_size={self.batch_size} must be >= 1")

@@ -1,0 +1,7 @@
+"""``python -m xlalign``: see xlalign.cli."""
+
+import sys
+
+from xlalign.cli import main
+
+sys.exit(main())

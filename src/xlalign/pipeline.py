@@ -1,0 +1,94 @@
+"""Run the numbered notebooks in order with papermill, headless, into ``runs/<id>/notebooks/``.
+
+A failed notebook stops the chain and names the notebook and cell; a rerun with the same run id resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from xlalign.config import REPO_ROOT, Profile
+from xlalign.runs import Run, start_run
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; the message names the notebook, the cell and where the executed copy is."""
+
+
+def notebooks() -> list[Path]:
+    return sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def _failed_cell(nb_path: Path) -> str:
+    import nbformat
+
+    nb = nbformat.read(nb_path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return f"cell {i} ({out.get('ename')}: {str(out.get('evalue'))[:200]})"
+    return "an unknown cell"
+
+
+def run_notebooks(profile: Profile, run: Run, only: list[str] | None = None, overrides: list[str] = (),
+                  progress: bool = True) -> dict[str, float]:
+    """Execute every notebook (or those whose name starts with one of ``only``); returns wall times."""
+    import papermill as pm
+
+    out_dir = run.sub("notebooks")
+    times: dict[str, float] = {}
+    done = run.record.get("steps", {})
+    for nb in notebooks():
+        if only and not any(nb.name.startswith(o) for o in only):
+            continue
+        key = f"notebook/{nb.stem}"
+        if done.get(key, {}).get("status") == "ok":
+            times[nb.stem] = done[key]["wall_time_s"]
+            print(f"[xlalign] {nb.name}: already done in this run, skipped")
+            continue
+        target = out_dir / nb.name
+        print(f"[xlalign] {nb.name} -> {target}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(
+                str(nb),
+                str(target),
+                parameters={"PROFILE": profile.name, "RUN_DIR": str(run.path), "SEED": profile.seed,
+                            "OVERRIDES": list(overrides)},
+                kernel_name="python3",
+                cwd=str(NOTEBOOK_DIR),
+                progress_bar=progress,
+                log_output=False,
+            )
+        except pm.PapermillExecutionError as exc:
+            wall = round(time.perf_counter() - t0, 1)
+            run.step(key, status="failed", wall_time_s=wall, error=f"{exc.ename}: {exc.evalue}"[:500])
+            raise NotebookFailed(
+                f"{nb.name} failed at {_failed_cell(target)}; executed copy: {target}. Fix the cause and "
+                f"rerun with --run-id {run.id} to resume from this notebook"
+            ) from None
+        wall = round(time.perf_counter() - t0, 1)
+        times[nb.stem] = wall
+        run.step(key, status="ok", wall_time_s=wall)
+        print(f"[xlalign] {nb.name}: {wall:.0f} s", flush=True)
+    return times
+
+
+def reproduce(profile: Profile, run_id: str | None = None, only: list[str] | None = None,
+              overrides: list[str] = ()) -> Run:
+    """``make reproduce``: one run directory, every notebook, the report last."""
+    run_dir = Path(profile.run_root) / run_id if run_id else None
+    resume = bool(run_id) and (REPO_ROOT / profile.run_root / run_id / "run.json").exists()
+    run = start_run(profile, run_dir, label="reproduce", resume=resume)
+    print(f"[xlalign] run directory: {run.path}", flush=True)
+    try:
+        times = run_notebooks(profile, run, only=only, overrides=overrides)
+    except NotebookFailed:
+        run.finish(status="failed")
+        raise
+    run.finish(status="ok", notebook_wall_times_s=times, total_wall_time_s=round(sum(times.values()), 1))
+    print(f"[xlalign] done in {sum(times.values()):.0f} s; report: {run.path / 'report.md'}", flush=True)
+    return run
