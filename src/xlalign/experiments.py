@@ -72,6 +72,12 @@ def evaluate(profile: Profile, run: Run, label: str, rows: list[dict], adapter_d
     from xlalign.evaluation import evaluate_probe, load_eval_model
 
     out = run.sub("eval", label) / "predictions.jsonl"
+    wanted = {r["item_id"] for r in rows}
+    if out.exists():
+        done = pd.read_json(out, lines=True)
+        if wanted <= set(done["item_id"]):
+            # An earlier step evaluated a superset of these items (e.g. more languages): reuse it.
+            return done[done["item_id"].isin(wanted)].reset_index(drop=True)
     t0 = time.perf_counter()
     if model is None:
         model, tokenizer = load_eval_model(profile, adapter_dir)
@@ -146,3 +152,173 @@ def seed_everything(seed: int) -> None:
 
 def replace_model(profile: Profile, name: str) -> Profile:
     return replace(profile, model=replace(profile.model, name=name))
+
+
+# --------------------------------------------------------------------------- notebook 03
+
+
+def probe_for_method(results: dict, baseline: pd.DataFrame, profile: Profile, langs: list[str]) -> pd.DataFrame:
+    """Tables 6/8 layout: baseline, <method>_default (uncoupled), <method>_ours (aligned, deltas vs default)."""
+    name = profile.model.name
+    parts = [probe_tidy(baseline, "ours_t06_08", "baseline", name, langs, profile)]
+    for method in profile.experiments.methods:
+        default = probe_tidy(results[method, "uncoupled"]["preds"], "ours_t06_08", f"{method}_default", name, langs, profile)
+        ours = probe_tidy(results[method, "aligned"]["preds"], "ours_t06_08", f"{method}_ours", name, langs, profile,
+                          baseline=default)
+        parts += [default, ours]
+    return pd.concat(parts, ignore_index=True)
+
+
+def training_curves(results: dict):
+    """Loss per step of every training run (a matplotlib Figure)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    for (method, batching), res in sorted(results.items()):
+        log = Path(res["train"]["train_log"])
+        if not log.exists():
+            continue
+        rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        steps = [r for r in rows if "loss" in r]
+        ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label=f"{method} {batching}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    plt.close(fig)
+    return fig
+
+
+# --------------------------------------------------------------------------- notebook 05
+
+
+def _ablation_profile(profile: Profile, overlays: list[str], **extra) -> Profile:
+    steps = profile.experiments.ablation_max_steps
+    train = {"method": profile.experiments.ablation_method, **extra}
+    if steps and steps > 0:
+        train["max_steps"] = steps
+    return profile_for(profile, overlays, **train)
+
+
+def ablation_batch_size(profile: Profile, run: Run, data: ProbeData) -> dict:
+    """Rest (avg.) of aligned training at each batch size (C.3); uncoupled at the largest as the default."""
+    langs = profile.data.train_langs
+    rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
+    method = profile.experiments.ablation_method
+    name = profile.model.name
+    cells, preds = [], {}
+    for b in profile.experiments.batch_sizes:
+        p = _ablation_profile(profile, [f"batch_size_{b}"])
+        info = train(p, run, f"ablation-bs{b}", data)
+        preds[b] = evaluate(p, run, f"ablation-bs{b}", rows, adapter_dir=info["adapter_dir"])
+        tidy = probe_tidy(preds[b], "ours_t12_13", f"bs_{b}", name, langs, profile)
+        cells.append(tidy.assign(batch_size=b))
+    top = max(profile.experiments.batch_sizes)
+    pd_ = _ablation_profile(profile, [f"batch_size_{top}", "uncoupled"])
+    info = train(pd_, run, f"ablation-bs{top}-uncoupled", data)
+    default = evaluate(pd_, run, f"ablation-bs{top}-uncoupled", rows, adapter_dir=info["adapter_dir"])
+    default_tidy = probe_tidy(default, "ours_t12_13", f"{method}_default", name, langs, profile)
+    table = pd.concat(cells + [default_tidy], ignore_index=True)
+    # Figure 6 layout: one block per method, bs_N columns = Rest (avg.) at batch size N, rest_avg = default.
+    rest = {c["batch_size"].iloc[0]: float(c.loc[c["column"] == "rest_avg", "value"].iloc[0]) for c in cells}
+    fig_rows = [{"table": "ours_t12_13", "block": method, "model": name, "column": f"bs_{b}", "value": v}
+                for b, v in rest.items() if b >= 2]
+    fig_rows.append({"table": "ours_t12_13", "block": method, "model": name, "column": "rest_avg",
+                     "value": float(default_tidy.loc[default_tidy["column"] == "rest_avg", "value"].iloc[0])})
+    return {"table": table, "figure_data": pd.DataFrame(fig_rows), "preds": preds, "default": default}
+
+
+def ablation_english(profile: Profile, run: Run, data: ProbeData, batch_size_result: dict) -> dict:
+    """Aligned batches without English (C.1) against the with-English run of the same step budget."""
+    langs = profile.data.train_langs
+    rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
+    method = profile.experiments.ablation_method
+    name = profile.model.name
+    others = [lang for lang in profile.data.train_langs if lang != "en"]
+    p = _ablation_profile(profile, ["no_english"], batch_size=len(others))
+    info = train(p, run, "ablation-no-english", data)
+    without = evaluate(p, run, "ablation-no-english", rows, adapter_dir=info["adapter_dir"])
+    with_en = batch_size_result["preds"][max(batch_size_result["preds"])]
+    table = pd.concat([
+        probe_tidy(with_en, "ours_t09_10", f"with_english_{method}", name, langs, profile),
+        probe_tidy(without, "ours_t09_10", f"without_english_{method}", name, langs, profile),
+    ], ignore_index=True)
+    return {"table": table, "figure_data": table, "mcnemar": compare(without, with_en, profile.eval.alpha)}
+
+
+def ablation_machine_translated(profile: Profile, run: Run) -> dict:
+    """Train on English + machine-translated th/vi/hu/ro (C.2), aligned vs uncoupled, test on the shipped
+    human translations; the baseline is the untrained model on the same items."""
+    name = profile.model.name
+    p_al = _ablation_profile(profile, ["machine_translated"])
+    data = build_probe_data(p_al, _tokenizer(p_al))
+    langs = ["en"] + p_al.data.mt_langs
+    rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
+    base = evaluate(profile, run, f"baseline-{name}-mt-langs", rows)
+    out = {}
+    for batching in ("uncoupled", "aligned"):
+        p = profile_for(p_al, batching=batching)
+        info = train(p, run, f"ablation-mt-{batching}", data)
+        out[batching] = evaluate(p, run, f"ablation-mt-{batching}", rows, adapter_dir=info["adapter_dir"])
+    method = profile.experiments.ablation_method
+    default = probe_tidy(out["uncoupled"], "ours_t11", f"{method}_default", name, langs, profile)
+    table = pd.concat([
+        probe_tidy(base, "ours_t11", "baseline", name, langs, profile),
+        default,
+        probe_tidy(out["aligned"], "ours_t11", f"{method}_ours", name, langs, profile, baseline=default),
+    ], ignore_index=True)
+    return {"table": table, "figure_data": table, "translator": p_al.data.translator}
+
+
+def _tokenizer(profile: Profile):
+    from xlalign.models import load_tokenizer
+
+    return load_tokenizer(profile)
+
+
+# --------------------------------------------------------------------------- notebook 06
+
+
+def unseen_languages(profile: Profile, run: Run) -> dict:
+    """Baseline vs the aligned adapter of ``experiments.ablation_method`` from notebook 03, on th/vi/hu/ro."""
+    method = "orpo" if "orpo" in profile.experiments.methods else profile.experiments.methods[0]
+    label = f"{method}-aligned"
+    info_path = run.path / "train" / label / "train_result.json"
+    if not info_path.exists():
+        raise FileNotFoundError(f"{info_path} missing: run notebook 03 in this run directory first")
+    info = json.loads(info_path.read_text())
+    data = prepare_data(profile, run)
+    langs = ["en"] + profile.data.unseen_langs
+    rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
+    name = profile.model.name
+    base = evaluate(profile, run, f"baseline-{name}", rows)  # reuses notebook 02's predictions
+    ours = evaluate(profile, run, f"{label}-unseen", rows, adapter_dir=info["adapter_dir"])
+    base_t = probe_tidy(base, "ours_t07", "baseline", name, langs, profile)
+    table = pd.concat([base_t, probe_tidy(ours, "ours_t07", f"{method}_ours", name, langs, profile, baseline=base_t)],
+                      ignore_index=True)
+    return {"table": table, "mcnemar": compare(base, ours, profile.eval.alpha)}
+
+
+def out_of_domain(profile: Profile, run: Run) -> pd.DataFrame:
+    """lm-eval benchmarks for the base model and the aligned adapter (local tasks off the paper profile)."""
+    from xlalign import benchmarks
+    from xlalign.evaluation import load_eval_model
+
+    method = "orpo" if "orpo" in profile.experiments.methods else profile.experiments.methods[0]
+    adapter = run.path / "train" / f"{method}-aligned" / "adapter"
+    if profile.experiments.benchmarks:
+        tasks, include = list(profile.experiments.benchmarks), None
+    else:
+        tasks = benchmarks.paper_task_names(list(benchmarks.LOCAL_TASKS), ["en", "es"],
+                                            registry=benchmarks.LOCAL_TASKS)
+        include = str(benchmarks.LOCAL_TASKS_DIR)
+    limit = profile.experiments.benchmark_limit or None
+    frames = []
+    for label, adapter_dir in (("baseline", None), (f"{method}_ours", adapter if adapter.exists() else None)):
+        if label != "baseline" and adapter_dir is None:
+            continue
+        model, tok = load_eval_model(profile, adapter_dir)
+        res = benchmarks.run_benchmarks(model, tok, tasks, limit=limit, include_path=include, seed=profile.seed)
+        frames.append(pd.DataFrame(res["rows"]).assign(block=label))
+        del model
+        gc.collect()
+    return pd.concat(frames, ignore_index=True)

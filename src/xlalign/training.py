@@ -204,7 +204,11 @@ class GroupedTrainingMixin:
 
     @staticmethod
     def _count_tokens(inputs: dict) -> int:
-        return int(sum(v.sum().item() for k, v in inputs.items() if k.endswith("attention_mask") and torch.is_tensor(v)))
+        keys = [k for k, v in inputs.items() if k.endswith("attention_mask") and torch.is_tensor(v)]
+        if any(k.startswith(("chosen_", "rejected_")) for k in keys):
+            # ORPO batches also carry the prompt alone; its tokens are inside the chosen/rejected rows.
+            keys = [k for k in keys if k.startswith(("chosen_", "rejected_"))]
+        return int(sum(inputs[k].sum().item() for k in keys))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         meta = inputs.pop("xl_meta", None)

@@ -1,0 +1,132 @@
+"""Benchmark the two probe evaluation modes: items/s of scoring and of generation, and their agreement.
+
+Examples:
+    PYTHONPATH=src python scripts/bench_eval.py
+    PYTHONPATH=src python scripts/bench_eval.py --n 32 --batch-size 8
+    PYTHONPATH=src python scripts/bench_eval.py --dtype float32 --max-new-tokens 12 --out-dir runs/bench
+
+Loads Gemma-3-270M from ``--model-dir`` (the converted cache of the cpu profile's model), builds the
+probe test rows with k=2 documents, draws ``--n`` items balanced over languages (seeded) and runs
+``evaluate_probe`` in scoring and then generation mode on the same items. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from xlalign.config import DataSection, Profile
+from xlalign.data import build_probe_data
+from xlalign.evaluation import agreement, encode, evaluate_probe
+from xlalign.probe import render_prompt
+
+DEFAULT_MODEL_DIR = "/tmp/xlcache/models/gemma-3-270m"
+
+
+def balanced_sample(rows: list[dict], n: int, seed: int) -> list[dict]:
+    """``n`` rows, as equal a number per language as possible, drawn with ``seed``."""
+    by_lang: dict[str, list[dict]] = {}
+    for r in rows:
+        by_lang.setdefault(r["lang"], []).append(r)
+    langs = sorted(by_lang)
+    rng = random.Random(seed)
+    picked = []
+    for i, lang in enumerate(langs):
+        want = n // len(langs) + (1 if i < n % len(langs) else 0)
+        pool = by_lang[lang]
+        picked += rng.sample(pool, min(want, len(pool)))
+    return picked
+
+
+def timed(model, tok, rows, out: Path, mode: str, args) -> tuple[object, float]:
+    start = time.perf_counter()
+    frame = evaluate_probe(
+        model,
+        tok,
+        rows,
+        out,
+        mode=mode,
+        prompt_format=args.prompt_format,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        progress=False,
+    )
+    return frame, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
+    parser.add_argument("--n", type=int, default=64, help="items, balanced over languages")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=12)
+    parser.add_argument("--prompt-format", default="auto", choices=["auto", "plain", "chat"])
+    parser.add_argument("--out-dir", default="", help="keep the prediction files here")
+    args = parser.parse_args(argv)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(args.model_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=getattr(torch, args.dtype))
+    model.eval()
+
+    data = build_probe_data(Profile(data=DataSection(k=2)), tok)
+    rows = balanced_sample(data.test_rows, args.n, args.seed)
+    lengths = [len(encode(tok, render_prompt(r["prompt"], tok, args.prompt_format))) for r in rows]
+    langs = sorted({r["lang"] for r in rows})
+    print(f"model {args.model_dir} ({args.dtype}), torch threads {torch.get_num_threads()}")
+    # Other processes on the same cores slow both modes; the load average says how much.
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(
+        f"{len(rows)} items over {len(langs)} languages ({' '.join(langs)}); prompt tokens "
+        f"mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)}; batch size {args.batch_size}"
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = Path(args.out_dir or tmp)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # One untimed item per mode first: lazy initialisation would otherwise count as work.
+        timed(model, tok, rows[:1], out_dir / "warmup_scoring.jsonl", "scoring", args)
+        timed(model, tok, rows[:1], out_dir / "warmup_generation.jsonl", "generation", args)
+        for name in ("scoring", "generation"):
+            (out_dir / f"{name}.jsonl").unlink(missing_ok=True)  # measure a full run, not a resume
+        scoring, t_score = timed(model, tok, rows, out_dir / "scoring.jsonl", "scoring", args)
+        generation, t_gen = timed(
+            model, tok, rows, out_dir / "generation.jsonl", "generation", args
+        )
+
+    speed_s, speed_g = len(rows) / t_score, len(rows) / t_gen
+    print(f"load average after:  {os.getloadavg()[0]:.2f}")
+    agree = agreement(scoring, generation)
+    print(f"scoring:    {speed_s:7.2f} items/s ({t_score:.1f} s)")
+    print(
+        f"generation: {speed_g:7.2f} items/s ({t_gen:.1f} s, max_new_tokens={args.max_new_tokens})"
+    )
+    print(f"speed ratio scoring/generation: {speed_s / speed_g:.2f}x")
+    print(
+        f"generation valid: {agree['n_generation_valid']}/{agree['n_items']}; agreement where "
+        f"valid: {agree['agreement']:.3f} ({agree['n_agree']} items)"
+    )
+    for name, frame in (("scoring", scoring), ("generation", generation)):
+        print(
+            f"{name} accuracy {frame['correct'].mean():.3f}, invalid {frame['invalid'].mean():.3f}, "
+            f"preds {frame['pred'].value_counts().to_dict()}"
+        )
+    examples = generation["raw"].head(3).tolist()
+    print(f"generation raw examples: {examples}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,487 @@
+"""Tests for xlalign.training: the grouped sampler, end-to-end DPO/ORPO runs on the tiny model, ORPO's
+completion-only forward against TRL's stock one, two processes, gradient accumulation and resuming."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from xlalign.models import load_model
+from xlalign.training import (
+    AlignmentError,
+    GroupedBatchSampler,
+    GroupedTrainingMixin,
+    MetaCollator,
+    derive_profile,
+    read_batch_logs,
+    train_preference,
+    verify_batch_log,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+LANGS = ["en", "ar", "es", "fr", "zh"]
+
+
+def grouped_rows(n_groups: int = 10, langs: list[str] = LANGS) -> tuple[list[str], list[str]]:
+    """(sample_ids, langs) ordered by language, so that a group's rows are not adjacent."""
+    sids = [f"g{g:02d}" for lang in langs for g in range(n_groups)]
+    return sids, [lang for lang in langs for _ in range(n_groups)]
+
+
+def describe(plan: list[list[int]], sids: list[str], langs: list[str]) -> list[list[tuple[str, str]]]:
+    return [[(sids[i], langs[i]) for i in batch] for batch in plan]
+
+
+# --------------------------------------------------------------------------- sampler (pure)
+
+
+def test_aligned_batch_is_one_group_in_distinct_languages():
+    sids, langs = grouped_rows()
+    plan = GroupedBatchSampler(sids, langs, batch_size=5).plan()
+    assert len(plan) == 10
+    for batch in describe(plan, sids, langs):
+        assert len({sid for sid, _ in batch}) == 1
+        assert sorted(lang for _, lang in batch) == sorted(LANGS)
+    # Every group once per epoch.
+    assert Counter(sids[b[0]] for b in plan) == Counter({f"g{g:02d}": 1 for g in range(10)})
+
+
+def test_english_anchor_plus_languages_drawn_per_batch():
+    sids, langs = grouped_rows(n_groups=20)
+    sampler = GroupedBatchSampler(sids, langs, batch_size=3)
+    per_epoch = []
+    for epoch in (0, 1):
+        chosen = {}
+        for batch in describe(sampler.plan(epoch), sids, langs):
+            batch_langs = [lang for _, lang in batch]
+            assert len({sid for sid, _ in batch}) == 1
+            assert batch_langs[0] == "en" and len(set(batch_langs)) == 3
+            chosen[batch[0][0]] = frozenset(batch_langs)
+        assert len(set(chosen.values())) > 1, "the same languages were drawn for every batch"
+        per_epoch.append(chosen)
+    assert per_epoch[0] != per_epoch[1], "the drawn languages did not change between epochs"
+
+
+def test_without_english_anchor():
+    sids, langs = grouped_rows()
+    plan = GroupedBatchSampler(sids, langs, batch_size=4, include_english=False).plan()
+    for batch in describe(plan, sids, langs):
+        assert "en" not in {lang for _, lang in batch}
+        assert len({lang for _, lang in batch}) == 4 and len({sid for sid, _ in batch}) == 1
+    with pytest.raises(AlignmentError, match="batch_size=5"):
+        GroupedBatchSampler(sids, langs, batch_size=5, include_english=False)
+
+
+@pytest.mark.parametrize(("batch_size", "seed", "epoch"), [(5, 0, 0), (3, 0, 1), (2, 7, 3)])
+def test_uncoupled_sees_the_aligned_examples(batch_size, seed, epoch):
+    sids, langs = grouped_rows()
+    aligned = GroupedBatchSampler(sids, langs, batch_size, "aligned", seed=seed).plan(epoch)
+    uncoupled = GroupedBatchSampler(sids, langs, batch_size, "uncoupled", seed=seed).plan(epoch)
+    assert len(uncoupled) == len(aligned)
+    assert all(len(b) == batch_size for b in uncoupled)
+    assert Counter(i for b in uncoupled for i in b) == Counter(i for b in aligned for i in b)
+    assert any(len({sids[i] for i in b}) > 1 for b in uncoupled), "uncoupled batches never mix groups"
+
+
+def test_plan_depends_only_on_seed_and_epoch():
+    sids, langs = grouped_rows()
+    a = GroupedBatchSampler(sids, langs, 3, seed=1)
+    b = GroupedBatchSampler(sids, langs, 3, seed=1)
+    assert a.plan() == b.plan() and list(a) == list(b)
+    assert list(a) == [i for batch in a.plan(0) for i in batch]
+    first = list(a)
+    a.set_epoch(1)
+    assert list(a) != first, "set_epoch did not reshuffle"
+    b.set_epoch(1)
+    assert list(a) == list(b)
+    assert GroupedBatchSampler(sids, langs, 3, seed=2).plan(0) != b.plan(0)
+    assert len(a) == len(first) == 10 * 3
+
+
+@pytest.mark.parametrize(
+    ("batching", "replicas", "accum", "expected"),
+    [("aligned", 2, 2, 8), ("aligned", 3, 1, 9), ("uncoupled", 2, 2, 8), ("aligned", 1, 1, 10)],
+)
+def test_batches_trimmed_to_whole_steps_on_every_process(batching, replicas, accum, expected):
+    sids, langs = grouped_rows()
+    sampler = GroupedBatchSampler(
+        sids, langs, 5, batching, num_replicas=replicas, grad_accum=accum
+    )
+    for epoch in (0, 1):
+        plan = sampler.plan(epoch)
+        assert len(plan) == expected and len(plan) % (replicas * accum) == 0
+    assert len(sampler) == expected * 5
+
+
+def test_dataloader_yields_the_planned_batches():
+    sids, langs = grouped_rows()
+    sampler = GroupedBatchSampler(sids, langs, 3, seed=4)
+    loader = torch.utils.data.DataLoader(list(range(len(sids))), batch_size=3, sampler=sampler)
+    assert [b.tolist() for b in loader] == sampler.plan(0)
+
+
+def test_group_that_lost_a_member_is_refused():
+    sids, langs = grouped_rows()
+    drop = next(i for i, (s, lang) in enumerate(zip(sids, langs)) if s == "g03" and lang == "ar")
+    sids, langs = sids[:drop] + sids[drop + 1 :], langs[:drop] + langs[drop + 1 :]
+    with pytest.raises(AlignmentError, match=r"g03.*\['ar'\]"):
+        GroupedBatchSampler(sids, langs, 3)
+    with pytest.raises(AlignmentError, match="g03"):
+        GroupedBatchSampler(sids, langs, 3, "uncoupled")
+    # Clustered batching is for groups of unequal size.
+    assert GroupedBatchSampler(sids, langs, 3, "clustered").plan()
+
+
+def test_language_twice_in_a_group_is_refused():
+    sids, langs = grouped_rows()
+    with pytest.raises(AlignmentError, match="g01.*'zh' twice"):
+        GroupedBatchSampler(sids + ["g01"], langs + ["zh"], 3)
+
+
+def test_batch_size_larger_than_the_languages_is_refused():
+    sids, langs = grouped_rows()
+    with pytest.raises(AlignmentError, match="batch_size=6 is larger than the 5 languages"):
+        GroupedBatchSampler(sids, langs, 6)
+
+
+def test_english_anchor_without_english_rows_is_refused():
+    sids, langs = grouped_rows(langs=["ar", "es", "fr"])
+    with pytest.raises(AlignmentError, match="no 'en' rows"):
+        GroupedBatchSampler(sids, langs, 2)
+    assert GroupedBatchSampler(sids, langs, 2, include_english=False).plan()
+
+
+def test_unknown_batching_is_refused():
+    with pytest.raises(ValueError, match="unknown batching"):
+        GroupedBatchSampler(*grouped_rows(), 3, "shuffled")
+
+
+def test_trainer_sampler_needs_grouping_columns():
+    from datasets import Dataset
+
+    stub = GroupedTrainingMixin()
+    stub.train_dataset = Dataset.from_dict({"prompt": ["a", "b"], "sample_id": ["s", "s"]})
+    stub.args = SimpleNamespace(seed=0, world_size=1, gradient_accumulation_steps=1)
+    stub.xl_batch_size, stub.xl_batching, stub.xl_include_english = 2, "aligned", True
+    with pytest.raises(AlignmentError, match="lang"):
+        stub._get_train_sampler()
+
+
+def test_dataset_without_grouping_columns_fails_before_training(tiny_profile, tiny_pref_rows, tmp_path):
+    rows = [{k: v for k, v in r.items() if k != "sample_id"} for r in tiny_pref_rows]
+    out = tmp_path / "run"
+    # model=None: the check must come before the model is even loaded.
+    with pytest.raises(AlignmentError, match="sample_id"):
+        train_preference(tiny_profile, rows, out)
+    assert not list(out.glob("checkpoint-*")) and not list(out.glob("batches.rank*.jsonl"))
+
+
+def test_meta_collator_keeps_grouping_beside_the_batch():
+    seen = []
+
+    def inner(examples):
+        seen.extend(examples)
+        return {"input_ids": torch.tensor([e["input_ids"] for e in examples])}
+
+    batch = MetaCollator(inner)(
+        [
+            {"input_ids": [1, 2], "sample_id": "s1", "lang": "en", "prompt": "p", "tags": ["x"]},
+            {"input_ids": [3, 4], "sample_id": "s1", "lang": "ar", "prompt": "q", "tags": ["y"]},
+        ]
+    )
+    assert batch["xl_meta"] == [{"sample_id": "s1", "lang": "en"}, {"sample_id": "s1", "lang": "ar"}]
+    assert all(set(e) == {"input_ids"} for e in seen)
+
+
+def test_token_count_counts_each_sequence_once():
+    ones = torch.ones
+    # ORPO's batches carry the prompt alone besides the chosen and rejected sequences that contain it.
+    orpo = {
+        "prompt_attention_mask": ones(2, 4),
+        "chosen_attention_mask": ones(2, 6),
+        "rejected_attention_mask": ones(2, 5),
+    }
+    assert GroupedTrainingMixin._count_tokens(orpo) == 2 * 6 + 2 * 5
+    dpo = {"attention_mask": ones(4, 7), "completion_mask": ones(4, 7), "input_ids": ones(4, 7)}
+    assert GroupedTrainingMixin._count_tokens(dpo) == 4 * 7
+
+
+# --------------------------------------------------------------------------- end to end, one process
+
+LOG_KEYS = {
+    "dpo": {"loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"},
+    "orpo": {"loss", "log_odds_ratio", "nll_loss"},
+}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("batching", ["aligned", "uncoupled"])
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+def test_train_end_to_end(method, batching, tiny_profile, tiny_model_and_tokenizer, tiny_pref_rows, tmp_path):
+    model, tokenizer = tiny_model_and_tokenizer
+    steps = 1 if method == "dpo" else 2  # a DPO step costs ~3x an ORPO step here
+    profile = derive_profile(tiny_profile, method=method, batching=batching, max_steps=steps)
+    result = train_preference(profile, tiny_pref_rows, tmp_path / "run", model=model, tokenizer=tokenizer)
+
+    assert result.steps == steps
+    assert (result.adapter_dir / "adapter_model.safetensors").exists()
+    assert (result.adapter_dir / "adapter_config.json").exists()
+    rows = read_batch_logs(result.output_dir)
+    summary = verify_batch_log(rows, batching, 3)
+    assert summary == {"micro_batches": steps, "ranks": [0], "steps": steps}
+    assert result.tokens == sum(r["tokens"] for r in rows) > 0
+    by_lang_group = {(s, lang) for r in rows for s, lang in zip(r["sample_ids"], r["langs"])}
+    assert len(by_lang_group) == 3 * steps, "an example was seen twice within one epoch"
+
+    logs = [e for e in read_jsonl(result.train_log) if "loss" in e]
+    assert [e["step"] for e in logs] == list(range(1, steps + 1))
+    for entry in logs:
+        missing = LOG_KEYS[method] - set(entry)
+        assert not missing, f"train_log.jsonl lacks {missing}"
+        assert all(math.isfinite(entry[k]) for k in LOG_KEYS[method])
+    assert json.loads((result.output_dir / "train_result.json").read_text())["steps"] == steps
+
+
+def test_gradient_accumulation_keeps_groups_whole(
+    tiny_profile, tiny_model_and_tokenizer, tiny_pref_rows, tmp_path
+):
+    model, tokenizer = tiny_model_and_tokenizer
+    profile = derive_profile(tiny_profile, method="orpo", grad_accum=2, max_steps=2)
+    result = train_preference(profile, tiny_pref_rows, tmp_path / "run", model=model, tokenizer=tokenizer)
+    rows = read_batch_logs(result.output_dir)
+    assert verify_batch_log(rows, "aligned", 3)["micro_batches"] == 4
+    # Two micro-batches per optimizer step, each one whole group, two different groups.
+    per_step = Counter(r["step"] for r in rows)
+    assert per_step == Counter({0: 2, 1: 2})
+    for step in per_step:
+        groups = [r["sample_ids"] for r in rows if r["step"] == step]
+        assert all(len(set(g)) == 1 for g in groups) and groups[0][0] != groups[1][0]
+    assert len([e for e in read_jsonl(result.train_log) if "loss" in e]) == 2
+
+
+# --------------------------------------------------------------------------- ORPO forward vs stock TRL
+
+
+@pytest.fixture
+def orpo_pair(tiny_model_and_tokenizer, tiny_pref_rows, tmp_path):
+    """Stock and aligned ORPO trainers sharing one LoRA model, and one collated batch.
+
+    The batch mixes a "present" and an "absent" group so that chosen completions differ in length, and
+    languages whose prompts differ in length (the aligned forward moves rows to left padding)."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    from xlalign.training import _orpo_classes
+
+    model, tokenizer = tiny_model_and_tokenizer
+    pos = next(r for r in tiny_pref_rows if r["sample_id"].endswith(".pos") and r["lang"] == "en")
+    neg = [r for r in tiny_pref_rows if r["sample_id"].endswith(".neg") and r["lang"] in ("ar", "zh")]
+    rows = [pos, neg[0], next(r for r in neg if r["lang"] != neg[0]["lang"])]
+    torch.manual_seed(0)
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj"],
+        init_lora_weights=False,  # non-zero B: gradients reach every LoRA matrix
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    args = ORPOConfig(
+        output_dir=str(tmp_path / "orpo"),
+        per_device_train_batch_size=3,
+        max_length=2048,
+        max_completion_length=32,
+        beta=0.1,
+        remove_unused_columns=False,
+        report_to="none",
+        use_cpu=True,
+        gradient_checkpointing=False,
+    )
+    dataset = Dataset.from_list(rows)
+    stock = ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    ours = _orpo_classes()[1](model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    batch = stock.data_collator([stock.train_dataset[i] for i in range(len(rows))])
+    comp = (batch["chosen_labels"] != -100).sum(-1)
+    assert len(set(comp.tolist())) > 1 and len(set(batch["chosen_attention_mask"].sum(-1).tolist())) == 3
+    model.train()
+    return model, stock, ours, batch
+
+
+def loss_and_grads(model, compute) -> tuple[torch.Tensor, dict, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    loss, metrics = compute()
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert grads and all(g.abs().max() > 0 for g in grads.values())
+    return loss.detach(), metrics, grads
+
+
+def assert_grads_close(a: dict, b: dict, atol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=1e-4, msg=name)
+
+
+def test_orpo_full_scope_equals_stock_trl(orpo_pair):
+    model, stock, ours, batch = orpo_pair
+    loss_s, m_s, g_s = loss_and_grads(model, lambda: stock.get_batch_loss_metrics(model, batch))
+    ours.xl_nll_scope = "full"
+    loss_o, m_o, g_o = loss_and_grads(model, lambda: ours.get_batch_loss_metrics(model, batch))
+    torch.testing.assert_close(loss_o, loss_s, atol=1e-5, rtol=0)
+    for key in ("nll_loss", "log_odds_ratio", "logps/chosen", "logps/rejected", "rewards/margins"):
+        assert m_o[key] == pytest.approx(m_s[key], abs=1e-5), key
+    assert_grads_close(g_o, g_s)
+
+
+def test_orpo_completion_scope_nll_is_completion_cross_entropy(orpo_pair):
+    model, stock, ours, batch = orpo_pair
+    ours.xl_nll_scope = "completion"
+    with torch.no_grad():
+        logps_c, logps_r, *_, nll = ours.concatenated_forward(model, batch)
+        stock_c, stock_r, *_, stock_nll = stock.concatenated_forward(model, batch)
+    torch.testing.assert_close(logps_c, stock_c, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logps_r, stock_r, atol=1e-5, rtol=0)
+    assert abs(nll.item() - stock_nll.item()) > 1e-4, "completion NLL equals the prompt+response NLL"
+
+    def by_hand():
+        # Cross-entropy over the chosen completion tokens only (prompt and padding labelled -100),
+        # pooled over the batch; the odds-ratio term from stock TRL's full-vocabulary forward.
+        logits = model(
+            batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"], use_cache=False
+        ).logits
+        labels = batch["chosen_labels"]
+        hand_nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+        )
+        chosen, rejected, *_ = stock.concatenated_forward(model, batch)
+        odds_term, *_, log_odds_ratio, _ = stock.odds_ratio_loss(chosen, rejected)
+        return hand_nll - odds_term.mean(), {"nll_loss": hand_nll.item(), "log_odds_ratio": log_odds_ratio.item()}
+
+    loss_h, m_h, g_h = loss_and_grads(model, by_hand)
+    loss_o, m_o, g_o = loss_and_grads(model, lambda: ours.get_batch_loss_metrics(model, batch))
+    torch.testing.assert_close(loss_o, loss_h, atol=1e-5, rtol=0)
+    assert m_o["nll_loss"] == pytest.approx(m_h["nll_loss"], abs=1e-5)
+    assert m_o["log_odds_ratio"] == pytest.approx(m_h["log_odds_ratio"], abs=1e-5)
+    assert_grads_close(g_o, g_h)
+
+
+# --------------------------------------------------------------------------- two processes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("batching", "method", "grad_accum"), [("aligned", "orpo", 2), ("uncoupled", "dpo", 1)]
+)
+def test_two_processes_keep_groups_whole(batching, method, grad_accum, tiny_profile, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
+        XLALIGN_CACHE=str(tiny_profile.cache_path),
+        TRL_EXPERIMENTAL_SILENCE="1",
+        OMP_NUM_THREADS="1",
+    )
+    # cpu_2proc.yaml says MULTI_CPU, which `accelerate launch` runs as ONE process unless mpirun is
+    # configured; --multi_gpu selects the torchrun launcher, and use_cpu keeps both ranks on gloo/CPU.
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "configs/accelerate/cpu_2proc.yaml"), "--multi_gpu",
+        str(REPO / "scripts/train_2proc.py"), str(out), batching, method,
+        "--steps", "2", "--grad-accum", str(grad_accum),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    assert sorted(p.name for p in out.glob("batches.rank*.jsonl")) == [
+        "batches.rank0.jsonl",
+        "batches.rank1.jsonl",
+    ]
+    rows = read_batch_logs(out)
+    summary = verify_batch_log(rows, batching, 3)
+    assert summary == {"micro_batches": 2 * 2 * grad_accum, "ranks": [0, 1], "steps": 2}
+    for step in (0, 1):
+        entries = [r for r in rows if r["step"] == step]
+        assert Counter(r["rank"] for r in entries) == Counter({0: grad_accum, 1: grad_accum})
+        if batching == "aligned":
+            groups = {r["rank"]: {r["sample_ids"][0]} for r in entries}
+            assert all(len(set(r["sample_ids"])) == 1 for r in entries)
+            assert not groups[0] & groups[1], f"a group was split across ranks at step {step}"
+            assert len({r["sample_ids"][0] for r in entries}) == len(entries)
+    examples = [(s, lang) for r in rows for s, lang in zip(r["sample_ids"], r["langs"])]
+    assert len(set(examples)) == len(examples), "two ranks trained on the same example"
+    assert len([e for e in read_jsonl(out / "train_log.jsonl") if "loss" in e]) == 2
+
+
+# --------------------------------------------------------------------------- resume
+
+
+class Interrupted(Exception):
+    pass
+
+
+class InterruptAfterSave(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Interrupted(f"stopped after saving step {self.step}")
+
+
+def load_adapter(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def test_resume_matches_uninterrupted_run(tiny_profile, tiny_pref_rows, tmp_path):
+    assert tiny_profile.lora.dropout == 0.0
+    profile = derive_profile(tiny_profile, method="orpo", max_steps=4, save_steps=2)
+
+    model, tok = load_model(profile)
+    full = train_preference(profile, tiny_pref_rows, tmp_path / "a", model=model, tokenizer=tok)
+    assert full.steps == 4
+
+    out = tmp_path / "b"
+    model, tok = load_model(profile)
+    with pytest.raises(Interrupted):
+        train_preference(
+            profile, tiny_pref_rows, out, model=model, tokenizer=tok, callbacks=[InterruptAfterSave(2)]
+        )
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
+
+    # A directory with checkpoints: no silent restart, and no resume under another config.
+    with pytest.raises(FileExistsError, match="checkpoints"):
+        train_preference(profile, tiny_pref_rows, out)
+    other = derive_profile(profile, learning_rate=2e-3)
+    with pytest.raises(ValueError, match="train.learning_rate"):
+        train_preference(other, tiny_pref_rows, out, resume=True)
+
+    model, tok = load_model(profile)
+    resumed = train_preference(profile, tiny_pref_rows, out, model=model, tokenizer=tok, resume=True)
+    assert resumed.steps == 4
+
+    a, b = load_adapter(full.adapter_dir), load_adapter(resumed.adapter_dir)
+    at_2 = load_adapter(out / "checkpoint-2")
+    assert a.keys() == b.keys() and a
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0, msg=name)
+    assert any((a[n] - at_2[n]).abs().max() > 1e-6 for n in a), "steps 3-4 did not change the adapter"
+    # Same data order after the resume: the batch logs match step by step.
+    strip = [{k: r[k] for k in ("step", "sample_ids", "langs")} for r in read_batch_logs(tmp_path / "a")]
+    assert [{k: r[k] for k in ("step", "sample_ids", "langs")} for r in read_batch_logs(out)] == strip
