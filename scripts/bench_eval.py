@@ -1,9 +1,9 @@
-"""Benchmark the two probe evaluation modes: items/s of scoring and of generation, and their agreement.
+"""Benchmark the two probe evaluation modes: items/s of scoring and generation, and their agreement.
 
 Examples:
     PYTHONPATH=src python scripts/bench_eval.py
     PYTHONPATH=src python scripts/bench_eval.py --n 32 --batch-size 8
-    PYTHONPATH=src python scripts/bench_eval.py --dtype float32 --max-new-tokens 12 --out-dir runs/bench
+    PYTHONPATH=src python scripts/bench_eval.py --dtype float32 --out-dir runs/bench
 
 Loads Gemma-3-270M from ``--model-dir`` (the converted cache of the cpu profile's model), builds the
 probe test rows with k=2 documents, draws ``--n`` items balanced over languages (seeded) and runs
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name, frame in (("scoring", scoring), ("generation", generation)):
         print(
-            f"{name} accuracy {frame['correct'].mean():.3f}, invalid {frame['invalid'].mean():.3f}, "
+            f"{name} accuracy {frame['correct'].mean():.3f}, "
+            f"invalid {frame['invalid'].mean():.3f}, "
             f"preds {frame['pred'].value_counts().to_dict()}"
         )
     examples = generation["raw"].head(3).tolist()

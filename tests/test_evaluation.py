@@ -1,4 +1,4 @@
-"""Tests for xlalign.evaluation: NoMIRACL parsing, cached scoring vs full logits, generation, resume."""
+"""Tests for xlalign.evaluation: parsing, cached scoring vs full logits, generation, resume."""
 
 import json
 import math

@@ -1,4 +1,4 @@
-"""Probe evaluation: score both answers from one cached forward pass, or generate and parse like NoMIRACL.
+"""Probe evaluation: score both answers from one cached forward pass, or generate and parse them.
 
 Per-item predictions go to JSONL batch by batch, so an interrupted run resumes where it stopped.
 """
@@ -385,8 +385,8 @@ def _check_resume(done: list[dict], by_id: dict[str, dict], mode: str, path: Pat
     foreign = [i for i in ids if i not in by_id]
     if foreign:
         raise ValueError(
-            f"{path} holds {len(foreign)} item(s) that are not in rows, e.g. {foreign[:3]}: it belongs "
-            "to a different item set. Use another out_path or delete the file to start over"
+            f"{path} holds {len(foreign)} item(s) that are not in rows, e.g. {foreign[:3]}: it "
+            "belongs to a different item set. Use another out_path or delete the file to start over"
         )
     modes = {r.get("mode") for r in done}
     if modes - {mode}:
@@ -491,7 +491,7 @@ def evaluate_probe(
 
 
 def load_eval_model(profile, adapter_dir: str | os.PathLike | None = None):
-    """(model, tokenizer) for the profile's model, with the LoRA adapter in ``adapter_dir`` if given."""
+    """(model, tokenizer) of the profile's model, plus the LoRA adapter in ``adapter_dir``."""
     from xlalign.models import load_model
 
     model, tokenizer = load_model(profile)
