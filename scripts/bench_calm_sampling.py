@@ -6,10 +6,13 @@ Examples:
     PYTHONPATH=src python scripts/bench_calm_sampling.py --questions 4 --langs en fr zh --m 3 \
         --max-new-tokens 32 --batch-size 4
     PYTHONPATH=src python scripts/bench_calm_sampling.py --model /path/to/model --dtype float32
+    PYTHONPATH=src python scripts/bench_calm_sampling.py --threads 1   # on a busy shared 2-core box
 
 Prints, per method: wall time, samples/s, new tokens/s and prompt prefills per question-language
 (counted with a forward hook: forward passes over more than one token are prefills). Also checks
 that greedy settings (top_k=1) reproduce ``generate``'s greedy continuations on the first prompts.
+On a machine other jobs share, ``--threads 1`` avoids OpenMP threads spin-waiting for busy cores
+(about 4x faster here); each method's best of ``--repeats`` alternating runs is reported.
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
 
@@ -110,7 +114,9 @@ def main(argv=None) -> int:
     questions, _ = group_items(corpus_items(corpus), args.langs)
     qids = list(questions)[: args.questions]
     prompts = [
-        render_prompt(build_prompt(questions[q][lang], lang), tok, "auto") for q in qids for lang in args.langs
+        render_prompt(build_prompt(questions[q][lang], lang), tok, "auto")
+        for q in qids
+        for lang in args.langs
     ]
     n_tokens = [len(encode(tok, x)) for x in prompts]
     print(
@@ -124,38 +130,53 @@ def main(argv=None) -> int:
     # Warm-up (first calls allocate and pick kernels); not timed.
     sample_shared_prefill(model, tok, prompts[:1], 1, max_new_tokens=2, batch_size=1)
 
-    counter.reset()
-    stats = SamplingStats()
-    t0 = time.perf_counter()
-    shared = sample_shared_prefill(
-        model, tok, prompts, args.m, temperature=args.temperature, top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size, stats=stats,
-    )  # fmt: skip
-    t_shared = time.perf_counter() - t0
-    shared_rows = counter.rows
+    def run_shared():
+        stats = SamplingStats()
+        out = sample_shared_prefill(
+            model, tok, prompts, args.m, temperature=args.temperature, top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size, stats=stats,
+        )  # fmt: skip
+        return out, stats.new_tokens
 
-    counter.reset()
-    t0 = time.perf_counter()
-    base, base_tokens = generate_baseline(model, tok, prompts, args.m, args)
-    t_base = time.perf_counter() - t0
-    base_rows = counter.rows
+    def run_generate():
+        return generate_baseline(model, tok, prompts, args.m, args)
+
+    # Alternate the methods and keep each one's fastest repeat: the machine is shared, and the
+    # first call at a new shape is slower for whichever method happens to run first.
+    best: dict[str, tuple[float, int, int]] = {}
+    for rep in range(args.repeats):
+        order = [("shared prefill", run_shared), ("generate(num_return_seq=m)", run_generate)]
+        for name, fn in order if rep % 2 == 0 else order[::-1]:
+            counter.reset()
+            t0 = time.perf_counter()
+            out, tokens = fn()
+            wall = time.perf_counter() - t0
+            assert len(out) == len(prompts) and all(len(row) == args.m for row in out)
+            if name not in best or wall < best[name][0]:
+                best[name] = (wall, tokens, counter.rows)
 
     n = len(prompts) * args.m
-    print(f"{'method':<28}{'wall s':>8}{'samples/s':>11}{'new tok/s':>11}{'prefills/q-lang':>17}")
-    for name, wall, tokens, rows in (
-        ("shared prefill", t_shared, stats.new_tokens, shared_rows),
-        ("generate(num_return_seq=m)", t_base, base_tokens, base_rows),
-    ):
-        print(f"{name:<28}{wall:>8.2f}{n / wall:>11.2f}{tokens / wall:>11.1f}{rows / len(prompts):>17.1f}")
-    print(f"speed-up (samples/s): {t_base / t_shared:.2f}x; samples per method: {n}")
-    assert len(shared) == len(base) == len(prompts)
+    print(
+        f"{'method (best of ' + str(args.repeats) + ')':<28}{'wall s':>8}{'samples/s':>11}"
+        f"{'new tok/s':>11}{'prefills/q-lang':>17}"
+    )
+    for name, (wall, tokens, rows) in best.items():
+        print(
+            f"{name:<28}{wall:>8.2f}{n / wall:>11.2f}{tokens / wall:>11.1f}{rows / len(prompts):>17.1f}"
+        )
+    speedup = best["generate(num_return_seq=m)"][0] / best["shared prefill"][0]
+    print(f"speed-up (samples/s): {speedup:.2f}x; samples per method and repeat: {n}")
 
     # Greedy equivalence on the first prompts: top_k=1 sampling must equal generate's greedy text.
     k = min(2, len(prompts))
     greedy = greedy_generate(model, tok, prompts[:k], 16, batch_size=k)
-    same = sample_shared_prefill(model, tok, prompts[:k], 2, top_k=1, max_new_tokens=16, batch_size=k)
+    same = sample_shared_prefill(
+        model, tok, prompts[:k], 2, top_k=1, max_new_tokens=16, batch_size=k
+    )
     ok = all(row == [g, g] for row, g in zip(same, greedy, strict=True))
-    print(f"greedy check (top_k=1 vs generate greedy, {k} prompts x 2): {'same' if ok else 'DIFFERENT'}")
+    print(
+        f"greedy check (top_k=1 vs generate greedy, {k} prompts x 2): {'same' if ok else 'DIFFERENT'}"
+    )
     counter.handle.remove()
     return 0 if ok else 1
 

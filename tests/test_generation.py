@@ -16,6 +16,16 @@ PROMPTS = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tiny model's ops are microseconds long: on a shared 2-core machine, torch's second
+    OpenMP thread spin-waits for a busy core and makes them ~15x slower. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_profile, tiny_model_dir, tiny_tokenizer):
     """One float32 tiny model for the module: these tests only run inference."""
@@ -70,7 +80,9 @@ def test_each_prompt_is_prefilled_exactly_once(tiny):
     log = ForwardLog(model)
     stats = SamplingStats()
     try:
-        out = sample_shared_prefill(model, tok, PROMPTS, m, max_new_tokens=5, batch_size=batch_size, stats=stats)
+        out = sample_shared_prefill(
+            model, tok, PROMPTS, m, max_new_tokens=5, batch_size=batch_size, stats=stats
+        )
     finally:
         log.close()
     # One prefill per prompt batch, covering each prompt once (not m times) ...
@@ -111,7 +123,9 @@ def test_greedy_settings_reproduce_generate(tiny, setting):
     for row in ref.tolist():
         cut = next((i for i, t in enumerate(row) if t in stop), len(row))
         texts.append(tok.decode(row[:cut], skip_special_tokens=True))
-    out = sample_shared_prefill(model, tok, PROMPTS, 2, max_new_tokens=n, batch_size=3, seed=5, **setting)
+    out = sample_shared_prefill(
+        model, tok, PROMPTS, 2, max_new_tokens=n, batch_size=3, seed=5, **setting
+    )
     assert out == [[t, t] for t in texts]
 
 
@@ -144,6 +158,20 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert draws == {0}  # the most likely token always survives
     draws = {int(_next_tokens(logits, 1.0, 1.0, 3, gen)) for _ in range(300)}
     assert draws == {0, 1, 2}
+
+
+def test_top_p_from_candidates_equals_the_full_sort():
+    from xlalign.generation import _top_p_candidates, _top_p_full
+
+    gen = torch.Generator().manual_seed(0)
+    peaked = torch.randn(3, 5000, generator=gen) * 4.0  # most mass in a few dozen tokens
+    full = torch.softmax(_top_p_full(peaked, 0.9), dim=-1)
+    values, ids = _top_p_candidates(peaked, 0.9, n=256)
+    from_candidates = torch.zeros_like(full).scatter(-1, ids, torch.softmax(values, dim=-1))
+    assert torch.allclose(full, from_candidates, atol=1e-6)
+    assert ((full > 0).sum(-1) > 1).all()  # a real nucleus, not just the argmax
+    flat = torch.zeros(2, 5000)  # 256 of 5000 equal tokens hold 5% of the mass: must sort
+    assert _top_p_candidates(flat, 0.9, n=256) is None
 
 
 def test_bad_m_is_refused(tiny):

@@ -129,7 +129,9 @@ def template(lang: str) -> LangTemplate:
     try:
         return TEMPLATES[lang]
     except KeyError:
-        raise ValueError(f"no CALM prompt for language {lang!r}; known: {' '.join(TEMPLATES)}") from None
+        raise ValueError(
+            f"no CALM prompt for language {lang!r}; known: {' '.join(TEMPLATES)}"
+        ) from None
 
 
 def build_prompt(item, lang: str | None = None) -> str:
@@ -180,14 +182,19 @@ _EXTRA_ANSWER_LABELS: dict[str, tuple[str, ...]] = {
 }
 # Words that may sit between a label and the letter: "The answer is B", "la respuesta es B",
 # "a resposta é B", "答案是B", "答えはB", "đáp án là B", "răspunsul este B", "die Antwort ist B".
-_BRIDGE = r"(?:\s*(?:[:\-–—=]|(?i:is|es|est|é|è|ist|este|là|option|opción|opção|choice)\b|是|为|為|は|选|選)\s*)*"
-_OPEN = r"[\s*_\"'“«「【(\[]*"
+_BRIDGE = (
+    r"(?:[\s:\-–—=]|(?i:is|es|est|é|è|ist|este|là|option|opción|opção|choice)\b"
+    r"|是|为|為|は|选|選)*"
+)  # one character or word per step: no nested quantifiers, so no catastrophic backtracking
+# Opening marks before the letter ("**B**", "(B)", "「B」"); whitespace belongs to the bridge only.
+_OPEN = r"(?:[*_\"'“«「【(\[]+\s*)?"
 
 
 def _answer_labels(lang: str) -> list[str]:
     labels = {TEMPLATES[lang].answer.strip(" :：")} if lang in TEMPLATES else set()
     labels |= set(_EXTRA_ANSWER_LABELS.get(lang, ()))
-    return sorted(labels, key=len, reverse=True)  # longest first: "respuesta final" before "respuesta"
+    # Longest first, so that "respuesta final" is tried before "respuesta".
+    return sorted(labels, key=len, reverse=True)
 
 
 def _label_regex(labels: Iterable[str]) -> re.Pattern:
@@ -197,11 +204,18 @@ def _label_regex(labels: Iterable[str]) -> re.Pattern:
     return re.compile(rf"(?i:{alts}){_BRIDGE}{_OPEN}([{LETTERS}])(?![A-Za-z])")
 
 
-_OWN_LABELS = {lang: _label_regex(_answer_labels(lang) + _answer_labels("en")) for lang in TEMPLATES}
-_ALL_LABELS = _label_regex(sorted({x for lang in TEMPLATES for x in _answer_labels(lang)}, key=len, reverse=True))
+_OWN_LABELS = {
+    lang: _label_regex(_answer_labels(lang) + _answer_labels("en")) for lang in TEMPLATES
+}
+_ALL_LABELS = _label_regex(
+    sorted({x for lang in TEMPLATES for x in _answer_labels(lang)}, key=len, reverse=True)
+)
 _EXPLANATION_LABEL = re.compile(
     r"^\s*(?i:"
-    + "|".join(re.escape(unicodedata.normalize("NFKC", t.explanation.strip(" :："))) for t in TEMPLATES.values())
+    + "|".join(
+        re.escape(unicodedata.normalize("NFKC", t.explanation.strip(" :：")))
+        for t in TEMPLATES.values()
+    )
     + r")\s*:\s*"
 )
 _PAREN_LETTER = re.compile(r"[(\[]([A-Z])[)\]]")
@@ -286,25 +300,41 @@ def corpus_items(corpus: dict[str, dict[str, Any]]) -> list:
     from xlalign.loaders import MCQItem
 
     return [
-        MCQItem(tid, lang, rec.mcq_question, list(rec.mcq_options), rec.mcq_answer, rec.passage, "corpus")
+        MCQItem(
+            tid,
+            lang,
+            rec.mcq_question,
+            list(rec.mcq_options),
+            rec.mcq_answer,
+            rec.passage,
+            "corpus",
+        )
         for lang, topics in corpus.items()
         for tid, rec in sorted(topics.items())
     ]
 
 
-def group_items(items: Iterable, langs: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+def group_items(
+    items: Iterable, langs: Sequence[str]
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """``{qid: {lang: item}}`` for questions present in every language of ``langs``; also the ids
     of the questions dropped for lacking one."""
     by_q: dict[str, dict[str, Any]] = defaultdict(dict)
     for item in items:
         if item.lang in langs:
             by_q[item.qid][item.lang] = item
-    complete = {q: {lang: m[lang] for lang in langs} for q, m in sorted(by_q.items()) if set(langs) <= set(m)}
+    complete = {
+        q: {lang: m[lang] for lang in langs}
+        for q, m in sorted(by_q.items())
+        if set(langs) <= set(m)
+    }
     dropped = sorted(q for q in by_q if q not in complete)
     return complete, dropped
 
 
-def split_questions(qids: Sequence[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+def split_questions(
+    qids: Sequence[str], test_fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
     """Seeded (train, test) split of question ids; with fewer than two questions both are the same."""
     qids = sorted(qids)
     if len(qids) < 2:
@@ -340,7 +370,9 @@ class Sample:
 SamplerFn = Callable[[list[tuple[str, str, str]], int], list[list[str]]]
 
 
-def render_prompts(questions: dict[str, dict[str, Any]], langs: Sequence[str], tokenizer, prompt_format: str):
+def render_prompts(
+    questions: dict[str, dict[str, Any]], langs: Sequence[str], tokenizer, prompt_format: str
+):
     """``{(qid, lang): rendered prompt}`` (chat template when the profile's format asks for one)."""
     from xlalign.probe import render_prompt
 
@@ -348,7 +380,9 @@ def render_prompts(questions: dict[str, dict[str, Any]], langs: Sequence[str], t
     for qid, by_lang in questions.items():
         for lang in langs:
             text = build_prompt(by_lang[lang], lang)
-            out[(qid, lang)] = render_prompt(text, tokenizer, prompt_format) if tokenizer else text + "\n"
+            out[(qid, lang)] = (
+                render_prompt(text, tokenizer, prompt_format) if tokenizer else text + "\n"
+            )
     return out
 
 
@@ -392,7 +426,9 @@ def sample_answers(
     else:
         texts = sampler(requests, m)
     if len(texts) != len(requests) or any(len(t) != m for t in texts):
-        raise ValueError(f"the sampler returned {[len(t) for t in texts]} texts for {len(requests)} x {m}")
+        raise ValueError(
+            f"the sampler returned {[len(t) for t in texts]} texts for {len(requests)} x {m}"
+        )
     samples = []
     for (qid, lang, _), outs in zip(requests, texts, strict=True):
         item = questions[qid][lang]
@@ -523,7 +559,9 @@ class PairSet:
     skipped_empty: int = 0  # rejected samples with no text at all
 
 
-def _translate_isolated(translator: Translator, texts: list[str], src: str, tgt: str) -> list[str | Exception]:
+def _translate_isolated(
+    translator: Translator, texts: list[str], src: str, tgt: str
+) -> list[str | Exception]:
     """Translate a batch; if the batch fails, retry item by item so one bad text costs one pair."""
     try:
         out = translator.translate(texts, src, tgt)
@@ -611,7 +649,9 @@ def build_pairs(
                 skipped += 1
                 continue
         if n.letter is not None:
-            rejected = format_completion(split_answer(n.text, n.lang, n.n_options)[0], n.letter, n.lang)
+            rejected = format_completion(
+                split_answer(n.text, n.lang, n.n_options)[0], n.letter, n.lang
+            )
         else:
             rejected = n.text.strip()
         rows.append(
@@ -633,7 +673,9 @@ def build_pairs(
     return PairSet(rows, failures, skipped, skipped_empty)
 
 
-def pair_counts(samples: Sequence[Sample], votes: dict[str, Vote], pairs: PairSet, langs: Sequence[str]) -> dict:
+def pair_counts(
+    samples: Sequence[Sample], votes: dict[str, Vote], pairs: PairSet, langs: Sequence[str]
+) -> dict:
     """Counts behind CALM Tables 7/8, every language listed (a language with no pairs shows 0).
 
     ``positives``: samples agreeing with their question's vote, by language (Table 7);
@@ -649,7 +691,9 @@ def pair_counts(samples: Sequence[Sample], votes: dict[str, Vote], pairs: PairSe
         return {k: _pct(v, total) for k, v in d.items()}
 
     voted = {q: v for q, v in votes.items() if v.letter is not None}
-    positives = per_lang(Counter(s.lang for s in samples if s.qid in voted and s.letter == voted[s.qid].letter))
+    positives = per_lang(
+        Counter(s.lang for s in samples if s.qid in voted and s.letter == voted[s.qid].letter)
+    )
     chosen = per_lang(Counter(r["chosen_lang"] for r in pairs.rows))
     by_pair = per_lang(Counter(r["lang"] for r in pairs.rows))
     in_langs = [s for s in samples if s.lang in langs]
@@ -659,7 +703,9 @@ def pair_counts(samples: Sequence[Sample], votes: dict[str, Vote], pairs: PairSe
         "questions_voted": len(voted),
         "questions_no_vote": len(votes) - len(voted),  # nothing parsable in any language
         "ties": sum(v.tied for v in votes.values()),
-        "unanimous": sum(1 for v in voted.values() if v.n_parsable == v.n_samples and len(v.counts) == 1),
+        "unanimous": sum(
+            1 for v in voted.values() if v.n_parsable == v.n_samples and len(v.counts) == 1
+        ),
         "samples": len(in_langs),
         "unparsable": per_lang(Counter(s.lang for s in in_langs if s.letter is None)),
         "positives": positives,
@@ -674,7 +720,9 @@ def pair_counts(samples: Sequence[Sample], votes: dict[str, Vote], pairs: PairSe
         "rejected_unparsable": sum(r["rejected_letter"] is None for r in pairs.rows),
         "zero_pair_langs": [lang for lang in langs if by_pair[lang] == 0],
         "translation_failures": len(pairs.translation_failures),
-        "translation_failures_by_lang": per_lang(Counter(f["tgt"] for f in pairs.translation_failures)),
+        "translation_failures_by_lang": per_lang(
+            Counter(f["tgt"] for f in pairs.translation_failures)
+        ),
         "skipped_pairs_translation": pairs.skipped_pairs,
         "skipped_empty_rejected": pairs.skipped_empty,
     }
@@ -685,7 +733,9 @@ def ground_truth_pairs(rows: Sequence[dict]) -> list[dict]:
     return [r for r in rows if r["chosen_letter"] == r["gold"]]
 
 
-def sft_rows(samples: Sequence[Sample], votes: dict[str, Vote], prompts: dict[tuple[str, str], str]) -> list[dict]:
+def sft_rows(
+    samples: Sequence[Sample], votes: dict[str, Vote], prompts: dict[tuple[str, str], str]
+) -> list[dict]:
     """SFT baseline (CALM §3.2): every voted sample, in its own language, as a completion."""
     rows = []
     for s in samples:
@@ -805,7 +855,9 @@ def predict(
     from xlalign.generation import greedy_generate
 
     keys = [(q, lang) for q in questions for lang in langs]
-    texts = greedy_generate(model, tokenizer, [prompts[k] for k in keys], max_new_tokens, batch_size)
+    texts = greedy_generate(
+        model, tokenizer, [prompts[k] for k in keys], max_new_tokens, batch_size
+    )
     rows = []
     for (q, lang), raw in zip(keys, texts, strict=True):
         item = questions[q][lang]
@@ -878,7 +930,9 @@ def load_calm_items(profile: Profile, langs: Sequence[str]) -> tuple[list, dict[
     first = corpus[langs[0]]
     keep = select_topics(first, profile.data.domains, profile.data.topics_per_domain)
     split = split_topics(keep, profile.data.test_fraction, profile.seed)
-    corpus = {lang: {t: r for t, r in topics.items() if t in keep} for lang, topics in corpus.items()}
+    corpus = {
+        lang: {t: r for t, r in topics.items() if t in keep} for lang, topics in corpus.items()
+    }
     return corpus_items(corpus), split
 
 
@@ -887,7 +941,7 @@ def run_calm(
     run_dir: str | Path,
     model=None,
     tokenizer=None,
-    items: Sequence | None = None,
+    items: Sequence | dict[str, Sequence] | None = None,
     *,
     sampler: SamplerFn | None = None,
     baselines: Sequence[str] = ("sft", "gt_dpo", "gt_sft"),
@@ -898,7 +952,7 @@ def run_calm(
     """Sample -> vote -> pairs -> DPO (+ baselines) -> evaluation; everything under ``run_dir/calm/``.
 
     ``items``: MCQ items (``qid, lang, question, options, answer, context``) such as
-    ``loaders.MCQItem`` from X-CSQA; default: the shipped corpus's MCQs with the probe's topic
+    ``loaders.MCQItem`` from X-CSQA, as a list or ``{lang: [items]}``; default: the shipped corpus's MCQs with the probe's topic
     split. Questions are split into training questions (sampled, voted, trained on; at most
     ``calm.max_questions``) and held-out test questions (evaluated in ``calm.eval_langs``, at most
     ``eval.max_items_per_lang``). ``baselines``: any of sft, gt_dpo, gt_sft. ``calm.incremental``
@@ -925,11 +979,15 @@ def run_calm(
         items, split = load_calm_items(profile, all_langs)
     else:
         split = None
+        if isinstance(items, dict):  # {lang: [items]}, as loaders.load_xcsqa returns
+            items = [item for per_lang in items.values() for item in per_lang]
     questions, dropped = group_items(items, all_langs)
     if not questions:
         raise ValueError(f"no question has all of the languages {all_langs}")
     if split is None:
-        train_ids, test_ids = split_questions(list(questions), profile.data.test_fraction, profile.seed)
+        train_ids, test_ids = split_questions(
+            list(questions), profile.data.test_fraction, profile.seed
+        )
     else:
         train_ids = [q for q in questions if split.get(q) == "train"]
         test_ids = [q for q in questions if split.get(q) == "test"]
@@ -992,17 +1050,24 @@ def run_calm(
         for k in range(1, len(train_langs)):
             sub = train_langs[:k]
             sub_votes = vote_all(samples, sub)
-            sub_pairs = build_pairs(samples, sub_votes, train_prompts, translator, sub, pairing=pairing)
+            sub_pairs = build_pairs(
+                samples, sub_votes, train_prompts, translator, sub, pairing=pairing
+            )
             name = "calm_" + "+".join(sub)
             variants[name] = ("dpo", sub_pairs.rows, c.batching)
-            incremental[name] = {"langs": sub, "counts": pair_counts(samples, sub_votes, sub_pairs, sub)}
+            incremental[name] = {
+                "langs": sub,
+                "counts": pair_counts(samples, sub_votes, sub_pairs, sub),
+            }
     counts["incremental"] = {k: v["counts"] for k, v in incremental.items()}
     _write_json(out / "counts.json", counts)
 
     training: dict[str, dict] = {}
     for name, (method, rows, batching) in variants.items():
         if batch_size == 1 and batching == "aligned":
-            log.warning("%s: aligned batching with batch_size 1 only changes the order of pairs", name)
+            log.warning(
+                "%s: aligned batching with batch_size 1 only changes the order of pairs", name
+            )
         t0 = time.perf_counter()
         training[name] = _train_variant(
             profile, method, rows, batching, batch_size, out / "train" / name, model, tokenizer
@@ -1018,13 +1083,33 @@ def run_calm(
         t0 = time.perf_counter()
         policy = model if name == "base" else _load_adapter(model, info["adapter_dir"])
         preds = predict(
-            policy, tokenizer, test_q, eval_langs, test_prompts, c.max_new_tokens, profile.eval.batch_size
+            policy,
+            tokenizer,
+            test_q,
+            eval_langs,
+            test_prompts,
+            c.max_new_tokens,
+            profile.eval.batch_size,
         )
         if policy is not model:
             del policy
         _write_jsonl(out / "predictions" / f"{name}.jsonl", preds.to_dict("records"))
         evaluation[name] = score(preds)
         walls[f"eval_{name}"] = time.perf_counter() - t0
+
+    # Table 10: the last step (every training language) is the main CALM run.
+    table10 = {
+        name: {"langs": v["langs"], "metrics": evaluation.get(name)}
+        for name, v in incremental.items()
+    }
+    if table10:
+        table10["calm_" + "+".join(train_langs)] = {
+            "langs": train_langs,
+            "metrics": evaluation.get("calm"),
+        }
+    batching_cmp = {}
+    if compare_batching:
+        batching_cmp = {c.batching: evaluation.get("calm"), other: evaluation.get(f"calm_{other}")}
 
     walls["total"] = time.perf_counter() - t_all
     results = {
@@ -1038,16 +1123,8 @@ def run_calm(
         "vote_accuracy": fig3,
         "training": training,
         "evaluation": evaluation,
-        "incremental": {
-            name: {"langs": v["langs"], "metrics": evaluation.get(name)} for name, v in incremental.items()
-        }
-        | ({"calm_" + "+".join(train_langs): {"langs": train_langs, "metrics": evaluation.get("calm")}}
-           if incremental else {}),
-        "batching": (
-            {c.batching: evaluation.get("calm"), other: evaluation.get(f"calm_{other}")}
-            if compare_batching
-            else {}
-        ),
+        "incremental": table10,
+        "batching": batching_cmp,
         "wall_times_s": walls,
     }
     _write_json(out / "metrics.json", results)

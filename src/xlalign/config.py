@@ -149,6 +149,7 @@ class CalmSection:
     top_p: float = 0.9
     max_new_tokens: int = 512
     sample_batch_size: int = 8
+    batch_size: int = 1  # preference pairs per micro-batch (paper Table 5: 1)
     translator: str = "self"  # self | identity | hf:<hub id>
     learning_rate: float = 5e-6
     sft_learning_rate: float = 5e-5
@@ -201,7 +202,9 @@ class Profile:
     experiments: ExperimentsSection = field(default_factory=ExperimentsSection)
 
     def __post_init__(self) -> None:
-        if self.train.batch_size > len(self.data.train_langs) + len(self.data.mt_langs):
+        # "clustered" batches (CALM's pairs) hold rows of one question, not one row per language.
+        n_langs = len(self.data.train_langs) + len(self.data.mt_langs)
+        if self.train.batching != "clustered" and self.train.batch_size > n_langs:
             raise ConfigError(
                 f"train.batch_size={self.train.batch_size} is larger than the number of training "
                 f"languages ({len(self.data.train_langs) + len(self.data.mt_langs)}); an aligned batch "
