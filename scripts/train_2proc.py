@@ -22,11 +22,13 @@ from xlalign.models import load_model
 from xlalign.training import train_preference
 
 
-def shorten(rows: list[dict], head: int, tail: int) -> list[dict]:
-    """Keep the start and the end of each prompt (the tests need the grouping, not the documents)."""
-    if head <= 0:
+def shorten(rows: list[dict], chars: int) -> list[dict]:
+    """Keep the first and the last ``chars // 2`` characters of each prompt (the tests need the grouping,
+    not the documents); lengths still differ across languages."""
+    if chars <= 0:
         return rows
-    return [dict(r, prompt=r["prompt"][:head] + " ... " + r["prompt"][-tail:]) for r in rows]
+    half = chars // 2
+    return [dict(r, prompt=r["prompt"][:half] + " ... " + r["prompt"][-half:]) for r in rows]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,8 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--prompt-chars",
         type=int,
-        default=160,
-        help="keep this many leading (and 100 trailing) prompt characters; 0 keeps whole prompts",
+        default=140,
+        help="keep this many prompt characters, half from the start, half from the end; 0: all",
     )
     args = parser.parse_args(argv)
 
@@ -56,9 +58,11 @@ def main(argv: list[str] | None = None) -> None:
         },
     )
     model, tokenizer = load_model(profile)
-    rows = shorten(build_probe_data(profile, tokenizer).train_pref, args.prompt_chars, 100)
+    rows = shorten(build_probe_data(profile, tokenizer).train_pref, args.prompt_chars)
     result = train_preference(profile, rows, args.out_dir, model=model, tokenizer=tokenizer)
-    print(json.dumps({"steps": result.steps, "tokens": result.tokens, "wall_s": result.wall_time_s}))
+    print(
+        json.dumps({"steps": result.steps, "tokens": result.tokens, "wall_s": result.wall_time_s})
+    )
 
 
 if __name__ == "__main__":

@@ -82,12 +82,12 @@ def _tiny_pref_rows(tiny_profile, tiny_tokenizer) -> list[dict]:
 
     rows = build_probe_data(tiny_profile, tiny_tokenizer).train_pref
     # The probe prompts run to ~700 tokens; the tests need the grouping, not the documents. Keep the
-    # start and the end of each prompt so that lengths still differ across languages.
-    return [dict(r, prompt=r["prompt"][:160] + " ... " + r["prompt"][-100:]) for r in rows]
+    # start and the end of each prompt (as scripts/train_2proc.py does), so that lengths still differ
+    # across languages.
+    return [dict(r, prompt=r["prompt"][:70] + " ... " + r["prompt"][-70:]) for r in rows]
 
 
 @pytest.fixture
 def tiny_pref_rows(_tiny_pref_rows) -> list[dict]:
     """Preference rows (prompt, chosen, rejected, sample_id, lang, ...): 24 groups x 3 languages."""
     return copy.deepcopy(_tiny_pref_rows)
-

@@ -38,7 +38,9 @@ def grouped_rows(n_groups: int = 10, langs: list[str] = LANGS) -> tuple[list[str
     return sids, [lang for lang in langs for _ in range(n_groups)]
 
 
-def describe(plan: list[list[int]], sids: list[str], langs: list[str]) -> list[list[tuple[str, str]]]:
+def describe(
+    plan: list[list[int]], sids: list[str], langs: list[str]
+) -> list[list[tuple[str, str]]]:
     return [[(sids[i], langs[i]) for i in batch] for batch in plan]
 
 
@@ -90,7 +92,9 @@ def test_uncoupled_sees_the_aligned_examples(batch_size, seed, epoch):
     assert len(uncoupled) == len(aligned)
     assert all(len(b) == batch_size for b in uncoupled)
     assert Counter(i for b in uncoupled for i in b) == Counter(i for b in aligned for i in b)
-    assert any(len({sids[i] for i in b}) > 1 for b in uncoupled), "uncoupled batches never mix groups"
+    assert any(len({sids[i] for i in b}) > 1 for b in uncoupled), (
+        "uncoupled batches never mix groups"
+    )
 
 
 def test_plan_depends_only_on_seed_and_epoch():
@@ -114,9 +118,7 @@ def test_plan_depends_only_on_seed_and_epoch():
 )
 def test_batches_trimmed_to_whole_steps_on_every_process(batching, replicas, accum, expected):
     sids, langs = grouped_rows()
-    sampler = GroupedBatchSampler(
-        sids, langs, 5, batching, num_replicas=replicas, grad_accum=accum
-    )
+    sampler = GroupedBatchSampler(sids, langs, 5, batching, num_replicas=replicas, grad_accum=accum)
     for epoch in (0, 1):
         plan = sampler.plan(epoch)
         assert len(plan) == expected and len(plan) % (replicas * accum) == 0
@@ -132,7 +134,11 @@ def test_dataloader_yields_the_planned_batches():
 
 def test_group_that_lost_a_member_is_refused():
     sids, langs = grouped_rows()
-    drop = next(i for i, (s, lang) in enumerate(zip(sids, langs)) if s == "g03" and lang == "ar")
+    drop = next(
+        i
+        for i, (s, lang) in enumerate(zip(sids, langs, strict=True))
+        if s == "g03" and lang == "ar"
+    )
     sids, langs = sids[:drop] + sids[drop + 1 :], langs[:drop] + langs[drop + 1 :]
     with pytest.raises(AlignmentError, match=r"g03.*\['ar'\]"):
         GroupedBatchSampler(sids, langs, 3)
@@ -177,7 +183,9 @@ def test_trainer_sampler_needs_grouping_columns():
         stub._get_train_sampler()
 
 
-def test_dataset_without_grouping_columns_fails_before_training(tiny_profile, tiny_pref_rows, tmp_path):
+def test_dataset_without_grouping_columns_fails_before_training(
+    tiny_profile, tiny_pref_rows, tmp_path
+):
     rows = [{k: v for k, v in r.items() if k != "sample_id"} for r in tiny_pref_rows]
     out = tmp_path / "run"
     # model=None: the check must come before the model is even loaded.
@@ -199,7 +207,10 @@ def test_meta_collator_keeps_grouping_beside_the_batch():
             {"input_ids": [3, 4], "sample_id": "s1", "lang": "ar", "prompt": "q", "tags": ["y"]},
         ]
     )
-    assert batch["xl_meta"] == [{"sample_id": "s1", "lang": "en"}, {"sample_id": "s1", "lang": "ar"}]
+    assert batch["xl_meta"] == [
+        {"sample_id": "s1", "lang": "en"},
+        {"sample_id": "s1", "lang": "ar"},
+    ]
     assert all(set(e) == {"input_ids"} for e in seen)
 
 
@@ -230,11 +241,15 @@ def read_jsonl(path: Path) -> list[dict]:
 
 @pytest.mark.parametrize("batching", ["aligned", "uncoupled"])
 @pytest.mark.parametrize("method", ["dpo", "orpo"])
-def test_train_end_to_end(method, batching, tiny_profile, tiny_model_and_tokenizer, tiny_pref_rows, tmp_path):
+def test_train_end_to_end(
+    method, batching, tiny_profile, tiny_model_and_tokenizer, tiny_pref_rows, tmp_path
+):
     model, tokenizer = tiny_model_and_tokenizer
     steps = 1 if method == "dpo" else 2  # a DPO step costs ~3x an ORPO step here
     profile = derive_profile(tiny_profile, method=method, batching=batching, max_steps=steps)
-    result = train_preference(profile, tiny_pref_rows, tmp_path / "run", model=model, tokenizer=tokenizer)
+    result = train_preference(
+        profile, tiny_pref_rows, tmp_path / "run", model=model, tokenizer=tokenizer
+    )
 
     assert result.steps == steps
     assert (result.adapter_dir / "adapter_model.safetensors").exists()
@@ -243,7 +258,9 @@ def test_train_end_to_end(method, batching, tiny_profile, tiny_model_and_tokeniz
     summary = verify_batch_log(rows, batching, 3)
     assert summary == {"micro_batches": steps, "ranks": [0], "steps": steps}
     assert result.tokens == sum(r["tokens"] for r in rows) > 0
-    by_lang_group = {(s, lang) for r in rows for s, lang in zip(r["sample_ids"], r["langs"])}
+    by_lang_group = {
+        (s, lang) for r in rows for s, lang in zip(r["sample_ids"], r["langs"], strict=True)
+    }
     assert len(by_lang_group) == 3 * steps, "an example was seen twice within one epoch"
 
     logs = [e for e in read_jsonl(result.train_log) if "loss" in e]
@@ -260,7 +277,9 @@ def test_gradient_accumulation_keeps_groups_whole(
 ):
     model, tokenizer = tiny_model_and_tokenizer
     profile = derive_profile(tiny_profile, method="orpo", grad_accum=2, max_steps=2)
-    result = train_preference(profile, tiny_pref_rows, tmp_path / "run", model=model, tokenizer=tokenizer)
+    result = train_preference(
+        profile, tiny_pref_rows, tmp_path / "run", model=model, tokenizer=tokenizer
+    )
     rows = read_batch_logs(result.output_dir)
     assert verify_batch_log(rows, "aligned", 3)["micro_batches"] == 4
     # Two micro-batches per optimizer step, each one whole group, two different groups.
@@ -289,7 +308,9 @@ def orpo_pair(tiny_model_and_tokenizer, tiny_pref_rows, tmp_path):
 
     model, tokenizer = tiny_model_and_tokenizer
     pos = next(r for r in tiny_pref_rows if r["sample_id"].endswith(".pos") and r["lang"] == "en")
-    neg = [r for r in tiny_pref_rows if r["sample_id"].endswith(".neg") and r["lang"] in ("ar", "zh")]
+    neg = [
+        r for r in tiny_pref_rows if r["sample_id"].endswith(".neg") and r["lang"] in ("ar", "zh")
+    ]
     rows = [pos, neg[0], next(r for r in neg if r["lang"] != neg[0]["lang"])]
     torch.manual_seed(0)
     lora = LoraConfig(
@@ -314,10 +335,15 @@ def orpo_pair(tiny_model_and_tokenizer, tiny_pref_rows, tmp_path):
     )
     dataset = Dataset.from_list(rows)
     stock = ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    ours = _orpo_classes()[1](model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    ours = _orpo_classes()[1](
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer
+    )
     batch = stock.data_collator([stock.train_dataset[i] for i in range(len(rows))])
     comp = (batch["chosen_labels"] != -100).sum(-1)
-    assert len(set(comp.tolist())) > 1 and len(set(batch["chosen_attention_mask"].sum(-1).tolist())) == 3
+    assert (
+        len(set(comp.tolist())) > 1
+        and len(set(batch["chosen_attention_mask"].sum(-1).tolist())) == 3
+    )
     model.train()
     return model, stock, ours, batch
 
@@ -356,21 +382,30 @@ def test_orpo_completion_scope_nll_is_completion_cross_entropy(orpo_pair):
         stock_c, stock_r, *_, stock_nll = stock.concatenated_forward(model, batch)
     torch.testing.assert_close(logps_c, stock_c, atol=1e-5, rtol=0)
     torch.testing.assert_close(logps_r, stock_r, atol=1e-5, rtol=0)
-    assert abs(nll.item() - stock_nll.item()) > 1e-4, "completion NLL equals the prompt+response NLL"
+    assert abs(nll.item() - stock_nll.item()) > 1e-4, (
+        "completion NLL equals the prompt+response NLL"
+    )
 
     def by_hand():
         # Cross-entropy over the chosen completion tokens only (prompt and padding labelled -100),
         # pooled over the batch; the odds-ratio term from stock TRL's full-vocabulary forward.
         logits = model(
-            batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"], use_cache=False
+            batch["chosen_input_ids"],
+            attention_mask=batch["chosen_attention_mask"],
+            use_cache=False,
         ).logits
         labels = batch["chosen_labels"]
         hand_nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+            logits[:, :-1].reshape(-1, logits.shape[-1]),
+            labels[:, 1:].reshape(-1),
+            ignore_index=-100,
         )
         chosen, rejected, *_ = stock.concatenated_forward(model, batch)
         odds_term, *_, log_odds_ratio, _ = stock.odds_ratio_loss(chosen, rejected)
-        return hand_nll - odds_term.mean(), {"nll_loss": hand_nll.item(), "log_odds_ratio": log_odds_ratio.item()}
+        return hand_nll - odds_term.mean(), {
+            "nll_loss": hand_nll.item(),
+            "log_odds_ratio": log_odds_ratio.item(),
+        }
 
     loss_h, m_h, g_h = loss_and_grads(model, by_hand)
     loss_o, m_o, g_o = loss_and_grads(model, lambda: ours.get_batch_loss_metrics(model, batch))
@@ -385,9 +420,12 @@ def test_orpo_completion_scope_nll_is_completion_cross_entropy(orpo_pair):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("batching", "method", "grad_accum"), [("aligned", "orpo", 2), ("uncoupled", "dpo", 1)]
+    ("batching", "method", "steps", "grad_accum"),
+    [("aligned", "orpo", 2, 2), ("uncoupled", "dpo", 1, 1)],
 )
-def test_two_processes_keep_groups_whole(batching, method, grad_accum, tiny_profile, tiny_model_dir, tmp_path):
+def test_two_processes_keep_groups_whole(
+    batching, method, steps, grad_accum, tiny_profile, tiny_model_dir, tmp_path
+):
     out = tmp_path / "run"
     env = dict(
         os.environ,
@@ -402,7 +440,7 @@ def test_two_processes_keep_groups_whole(batching, method, grad_accum, tiny_prof
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(REPO / "configs/accelerate/cpu_2proc.yaml"), "--multi_gpu",
         str(REPO / "scripts/train_2proc.py"), str(out), batching, method,
-        "--steps", "2", "--grad-accum", str(grad_accum),
+        "--steps", str(steps), "--grad-accum", str(grad_accum),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -413,18 +451,20 @@ def test_two_processes_keep_groups_whole(batching, method, grad_accum, tiny_prof
     ]
     rows = read_batch_logs(out)
     summary = verify_batch_log(rows, batching, 3)
-    assert summary == {"micro_batches": 2 * 2 * grad_accum, "ranks": [0, 1], "steps": 2}
-    for step in (0, 1):
+    assert summary == {"micro_batches": steps * 2 * grad_accum, "ranks": [0, 1], "steps": steps}
+    for step in range(steps):
         entries = [r for r in rows if r["step"] == step]
         assert Counter(r["rank"] for r in entries) == Counter({0: grad_accum, 1: grad_accum})
         if batching == "aligned":
-            groups = {r["rank"]: {r["sample_ids"][0]} for r in entries}
             assert all(len(set(r["sample_ids"])) == 1 for r in entries)
+            groups = [{r["sample_ids"][0] for r in entries if r["rank"] == rank} for rank in (0, 1)]
             assert not groups[0] & groups[1], f"a group was split across ranks at step {step}"
             assert len({r["sample_ids"][0] for r in entries}) == len(entries)
-    examples = [(s, lang) for r in rows for s, lang in zip(r["sample_ids"], r["langs"])]
+    examples = [
+        (s, lang) for r in rows for s, lang in zip(r["sample_ids"], r["langs"], strict=True)
+    ]
     assert len(set(examples)) == len(examples), "two ranks trained on the same example"
-    assert len([e for e in read_jsonl(out / "train_log.jsonl") if "loss" in e]) == 2
+    assert len([e for e in read_jsonl(out / "train_log.jsonl") if "loss" in e]) == steps
 
 
 # --------------------------------------------------------------------------- resume
@@ -441,6 +481,14 @@ class InterruptAfterSave(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.global_step == self.step:
             raise Interrupted(f"stopped after saving step {self.step}")
+
+
+class StepRecorder(TrainerCallback):
+    def __init__(self):
+        self.steps: list[int] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
 
 
 def load_adapter(path: Path) -> dict[str, torch.Tensor]:
@@ -461,7 +509,12 @@ def test_resume_matches_uninterrupted_run(tiny_profile, tiny_pref_rows, tmp_path
     model, tok = load_model(profile)
     with pytest.raises(Interrupted):
         train_preference(
-            profile, tiny_pref_rows, out, model=model, tokenizer=tok, callbacks=[InterruptAfterSave(2)]
+            profile,
+            tiny_pref_rows,
+            out,
+            model=model,
+            tokenizer=tok,
+            callbacks=[InterruptAfterSave(2)],
         )
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
 
@@ -473,15 +526,26 @@ def test_resume_matches_uninterrupted_run(tiny_profile, tiny_pref_rows, tmp_path
         train_preference(other, tiny_pref_rows, out, resume=True)
 
     model, tok = load_model(profile)
-    resumed = train_preference(profile, tiny_pref_rows, out, model=model, tokenizer=tok, resume=True)
-    assert resumed.steps == 4
+    recorder = StepRecorder()
+    resumed = train_preference(
+        profile, tiny_pref_rows, out, model=model, tokenizer=tok, resume=True, callbacks=[recorder]
+    )
+    assert resumed.steps == 4 and recorder.steps == [3, 4], (
+        "the resumed run did not start at step 3"
+    )
 
     a, b = load_adapter(full.adapter_dir), load_adapter(resumed.adapter_dir)
     at_2 = load_adapter(out / "checkpoint-2")
     assert a.keys() == b.keys() and a
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0, msg=name)
-    assert any((a[n] - at_2[n]).abs().max() > 1e-6 for n in a), "steps 3-4 did not change the adapter"
-    # Same data order after the resume: the batch logs match step by step.
-    strip = [{k: r[k] for k in ("step", "sample_ids", "langs")} for r in read_batch_logs(tmp_path / "a")]
-    assert [{k: r[k] for k in ("step", "sample_ids", "langs")} for r in read_batch_logs(out)] == strip
+    assert any((a[n] - at_2[n]).abs().max() > 1e-6 for n in a), (
+        "steps 3-4 did not change the adapter"
+    )
+
+    # Same data order after the resume: the batch logs (kept across the resume) match step by step.
+    def composition(run: Path) -> list[tuple]:
+        return [(r["step"], r["sample_ids"], r["langs"]) for r in read_batch_logs(run)]
+
+    assert composition(out) == composition(tmp_path / "a")
+    assert [r["step"] for r in read_batch_logs(out)] == [0, 1, 2, 3]

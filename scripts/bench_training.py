@@ -1,0 +1,295 @@
+"""Benchmark batch-aligned against uncoupled preference training, the sampler, and ORPO's forward.
+
+Examples:
+    # cpu profile (Gemma-3-270M, bf16, LoRA on the top 6 layers), 3 steps per run:
+    XLALIGN_CACHE=/tmp/xlcache PYTHONPATH=src python scripts/bench_training.py --steps 3
+    # ORPO only, more steps, results also written as JSON:
+    XLALIGN_CACHE=/tmp/xlcache PYTHONPATH=src python scripts/bench_training.py \
+        --methods orpo --steps 10 --json /tmp/bench_training.json
+    # tiny-random model (seconds; checks that the script runs, the numbers mean nothing):
+    PYTHONPATH=src python scripts/bench_training.py --profile smoke --steps 2 --orpo-reps 1
+
+For each method (DPO, ORPO) it trains aligned and uncoupled for N steps on the same data, each from a
+fresh copy of the model, and prints the step time (steps 2..N; step 1 carries the warm-up) and tokens/s
+(non-padding tokens of the chosen and rejected sequences) for each, and their ratio. Then:
+
+- sampler: the time to compute one epoch's ``plan()`` and iterate it, against one training step
+  (it must stay under 1%), and the time spent in ``plan()`` during the real runs against their wall time;
+- ORPO forward: one optimizer-free step (loss + backward) on the same aligned batch with TRL's stock
+  ``ORPOTrainer.concatenated_forward`` (full-vocabulary logits at every position) and with ours,
+  ``orpo_nll_scope`` "full" and "completion", with their ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from xlalign.config import load_profile
+from xlalign.data import build_probe_data
+from xlalign.models import load_model, load_tokenizer
+from xlalign.training import (
+    GroupedBatchSampler,
+    _common_args,
+    _orpo_classes,
+    build_lora_config,
+    derive_profile,
+    read_batch_logs,
+    train_preference,
+)
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of every optimizer step, from the end of the previous one (data loading included)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._last = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.times.append(now - self._last)
+        self._last = now
+
+
+class PlanTimer:
+    """Counts the calls of ``GroupedBatchSampler.plan`` and the time spent in them."""
+
+    def __init__(self):
+        self.calls, self.seconds = 0, 0.0
+        self._orig = GroupedBatchSampler.plan
+
+    def __enter__(self):
+        timer, orig = self, self._orig
+
+        def plan(sampler, epoch=None):
+            t0 = time.perf_counter()
+            try:
+                return orig(sampler, epoch)
+            finally:
+                timer.calls += 1
+                timer.seconds += time.perf_counter() - t0
+
+        GroupedBatchSampler.plan = plan
+        return self
+
+    def __exit__(self, *exc):
+        GroupedBatchSampler.plan = self._orig
+
+
+def select_groups(rows: list[dict], n: int) -> list[dict]:
+    """The rows of the first ``n`` groups (all when n <= 0), in their original order."""
+    if n <= 0:
+        return rows
+    keep = list(dict.fromkeys(r["sample_id"] for r in rows))[:n]
+    keep_set = set(keep)
+    return [r for r in rows if r["sample_id"] in keep_set]
+
+
+def train_once(profile, rows, out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    model, tokenizer = load_model(profile)
+    timer = StepTimer()
+    with PlanTimer() as plans:
+        t0 = time.perf_counter()
+        result = train_preference(
+            profile, rows, out, model=model, tokenizer=tokenizer, callbacks=[timer]
+        )
+        wall = time.perf_counter() - t0
+    tokens_by_step: dict[int, int] = {}
+    for entry in read_batch_logs(out):
+        tokens_by_step[entry["step"]] = tokens_by_step.get(entry["step"], 0) + entry["tokens"]
+    tokens = [tokens_by_step.get(i, 0) for i in range(len(timer.times))]
+    steady = slice(1, None) if len(timer.times) > 1 else slice(None)
+    step_s = statistics.mean(timer.times[steady])
+    return {
+        "steps": result.steps,
+        "step_times_s": [round(t, 3) for t in timer.times],
+        "step_s": step_s,
+        "tokens_per_step": statistics.mean(tokens[steady]),
+        "tokens_per_s": sum(tokens[steady]) / sum(timer.times[steady]),
+        "plan_calls": plans.calls,
+        "plan_s": plans.seconds,
+        "wall_s": wall,
+    }
+
+
+def sampler_cost(rows: list[dict], profile, reps: int = 20) -> float:
+    """Seconds to compute one epoch's plan and iterate it, as the trainer's sampler does."""
+    t = profile.train
+    sampler = GroupedBatchSampler(
+        [r["sample_id"] for r in rows],
+        [r["lang"] for r in rows],
+        t.batch_size,
+        t.batching,
+        include_english=t.include_english,
+        seed=profile.seed,
+        grad_accum=t.grad_accum,
+    )
+    t0 = time.perf_counter()
+    for epoch in range(reps):
+        sampler.set_epoch(epoch)
+        sum(1 for _ in sampler)
+    return (time.perf_counter() - t0) / reps
+
+
+def orpo_forward_variants(profile, rows: list[dict], out: Path, reps: int) -> dict:
+    """Loss + backward on one aligned batch: stock TRL ORPO, ours with nll scope full and completion."""
+    from datasets import Dataset
+    from peft import get_peft_model
+    from trl.experimental.orpo import ORPOTrainer
+
+    profile = derive_profile(profile, method="orpo", batching="aligned")
+    sampler = GroupedBatchSampler(
+        [r["sample_id"] for r in rows], [r["lang"] for r in rows], profile.train.batch_size
+    )
+    batch_rows = [rows[i] for i in sampler.plan(0)[0]]
+    model, tokenizer = load_model(profile)
+    model = get_peft_model(model, build_lora_config(profile, model))
+    Config, Aligned = _orpo_classes()
+    args = Config(
+        **_common_args(profile, out),
+        beta=profile.train.beta,
+        max_length=profile.train.max_length,
+        max_completion_length=32,
+    )
+    dataset = Dataset.from_list(batch_rows)
+    stock = ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    ours = Aligned(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    batch = stock.data_collator([stock.train_dataset[i] for i in range(len(batch_rows))])
+    model.train()
+
+    def step(trainer, scope=None):
+        if scope:
+            trainer.xl_nll_scope = scope
+        model.zero_grad(set_to_none=True)
+        loss, _ = trainer.get_batch_loss_metrics(model, batch)
+        loss.backward()
+        return loss.item()
+
+    variants = {"stock": (stock, None), "full": (ours, "full"), "completion": (ours, "completion")}
+    result = {
+        "rows": len(batch_rows),
+        "tokens": int(
+            batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum()
+        ),
+    }
+    for name, (trainer, scope) in variants.items():
+        loss = step(trainer, scope)  # warm-up
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            step(trainer, scope)
+            times.append(time.perf_counter() - t0)
+        result[name] = {"loss": loss, "step_s": statistics.median(times)}
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", default=["dpo", "orpo"], choices=["dpo", "orpo"])
+    parser.add_argument(
+        "--groups", type=int, default=48, help="train on the first N groups (0: all); >= steps"
+    )
+    parser.add_argument("--orpo-reps", type=int, default=2, help="timed repeats per ORPO variant")
+    parser.add_argument("--skip-orpo-forward", action="store_true")
+    parser.add_argument("--out", default=None, help="run directory (default: a temporary one)")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("overrides", nargs="*", help="profile overrides, section.key=value")
+    args = parser.parse_args(argv)
+
+    profile = load_profile(args.profile, overrides=args.overrides)
+    profile = derive_profile(profile, max_steps=args.steps, save_steps=0, logging_steps=1)
+    out = Path(args.out or tempfile.mkdtemp(prefix="xl-bench-"))
+    tokenizer = load_tokenizer(profile)
+    rows = select_groups(build_probe_data(profile, tokenizer).train_pref, args.groups)
+    print(
+        f"profile={profile.name} model={profile.model.name} dtype={profile.model.dtype} "
+        f"batch_size={profile.train.batch_size} orpo_nll_scope={profile.train.orpo_nll_scope} "
+        f"rows={len(rows)} groups={len({r['sample_id'] for r in rows})} steps={args.steps} "
+        f"threads={torch.get_num_threads()}",
+        flush=True,
+    )
+
+    results: dict = {"profile": profile.name, "steps": args.steps, "train": {}}
+    for method in args.methods:
+        runs = {}
+        for batching in ("aligned", "uncoupled"):
+            p = derive_profile(profile, method=method, batching=batching)
+            runs[batching] = r = train_once(p, rows, out / f"{method}-{batching}")
+            print(
+                f"{method:4s} {batching:9s} step {r['step_s']:7.2f} s  "
+                f"{r['tokens_per_step']:7.0f} tok/step  {r['tokens_per_s']:7.1f} tok/s  "
+                f"(steps: {r['step_times_s']})",
+                flush=True,
+            )
+        a, u = runs["aligned"], runs["uncoupled"]
+        runs["ratio_step_time"] = a["step_s"] / u["step_s"]
+        runs["ratio_tokens_per_s"] = a["tokens_per_s"] / u["tokens_per_s"]
+        print(
+            f"{method:4s} aligned/uncoupled: step time x{runs['ratio_step_time']:.3f}, "
+            f"tokens/s x{runs['ratio_tokens_per_s']:.3f}",
+            flush=True,
+        )
+        results["train"][method] = runs
+
+    step_times = [
+        r["step_s"] for m in results["train"].values() for k, r in m.items() if "ratio" not in k
+    ]
+    if step_times:
+        plan_s = sampler_cost(rows, profile)
+        runs = [r for m in results["train"].values() for k, r in m.items() if "ratio" not in k]
+        in_training = sum(r["plan_s"] for r in runs) / sum(r["wall_s"] for r in runs)
+        results["sampler"] = {
+            "epoch_plan_and_iterate_s": plan_s,
+            "pct_of_fastest_step": 100 * plan_s / min(step_times),
+            "plan_calls_per_run": [r["plan_calls"] for r in runs],
+            "pct_of_training_wall": 100 * in_training,
+        }
+        s = results["sampler"]
+        print(
+            f"sampler: one epoch's plan()+iteration {1000 * plan_s:.2f} ms = "
+            f"{s['pct_of_fastest_step']:.3f}% of the fastest step; plan() calls per run "
+            f"{s['plan_calls_per_run']}, {s['pct_of_training_wall']:.3f}% of training wall time",
+            flush=True,
+        )
+
+    if not args.skip_orpo_forward:
+        o = orpo_forward_variants(profile, rows, out / "orpo-forward", args.orpo_reps)
+        o["completion_vs_stock"] = o["completion"]["step_s"] / o["stock"]["step_s"]
+        o["full_vs_stock"] = o["full"]["step_s"] / o["stock"]["step_s"]
+        o["completion_vs_full"] = o["completion"]["step_s"] / o["full"]["step_s"]
+        results["orpo_forward"] = o
+        print(
+            f"orpo forward+backward on one aligned batch ({o['rows']} rows, {o['tokens']} tokens): "
+            f"stock {o['stock']['step_s']:.2f} s (loss {o['stock']['loss']:.5f}), "
+            f"full {o['full']['step_s']:.2f} s (loss {o['full']['loss']:.5f}), "
+            f"completion {o['completion']['step_s']:.2f} s (loss {o['completion']['loss']:.5f})",
+            flush=True,
+        )
+        print(
+            f"orpo ratios: completion/stock x{o['completion_vs_stock']:.3f}, "
+            f"full/stock x{o['full_vs_stock']:.3f}, completion/full x{o['completion_vs_full']:.3f}",
+            flush=True,
+        )
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
