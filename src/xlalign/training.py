@@ -481,6 +481,8 @@ def train_preference(
     _configure(trainer, profile.train.batch_size, profile.train.batching, profile.train.include_english, out)
     result = _run(trainer, out, resume)
     result.metrics["model_source"] = model_source(profile)[0]
+    if trainer.args.process_index == 0:
+        (out / "train_result.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
 
 
