@@ -58,11 +58,23 @@ PRESETS: dict[str, ModelPreset] = {
             "63a8b081895390a26e140280378bc85ec8bce07a",
             7,
         ),
-        ModelPreset("mistral-7b-instruct-v0.3", "hub", "mistralai/Mistral-7B-Instruct-v0.3", None, 7),
+        ModelPreset(
+            "mistral-7b-instruct-v0.3",
+            "hub",
+            "mistralai/Mistral-7B-Instruct-v0.3",
+            "c170c708c41dac9275d15a8fff4eca08d52bab71",
+            7,
+        ),
         ModelPreset(
             "mixtral-8x22b-instruct-v0.1", "hub", "mistralai/Mixtral-8x22B-Instruct-v0.1", None, 141
         ),
-        ModelPreset("llama-3-8b-instruct", "hub", "meta-llama/Meta-Llama-3-8B-Instruct", None, 8),
+        ModelPreset(
+            "llama-3-8b-instruct",
+            "hub",
+            "meta-llama/Meta-Llama-3-8B-Instruct",
+            "8afb486c1db24fe5011ec46dfbe5b5dccdb575c2",
+            8,
+        ),
         ModelPreset("llama-3-70b-instruct", "hub", "meta-llama/Meta-Llama-3-70B-Instruct", None, 70),
         ModelPreset(
             "llama-3.1-8b-instruct",
