@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from xlalign.config import CONFIG_DIR, ConfigError, Profile, load_profile, parse_override, profile_from_dict
+from xlalign.config import (
+    CONFIG_DIR,
+    ConfigError,
+    Profile,
+    load_profile,
+    parse_override,
+    profile_from_dict,
+)
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)

@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from xlalign.config import CONFIG_DIR, ConfigError, load_profile
 
@@ -76,9 +75,9 @@ def cmd_train(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from xlalign import metrics
+    from xlalign.data import build_probe_data
     from xlalign.experiments import eval_subset, evaluate
     from xlalign.models import load_tokenizer
-    from xlalign.data import build_probe_data
     from xlalign.runs import start_run
 
     profile = _profile(args)

@@ -22,8 +22,7 @@ from xlalign.runs import Run
 
 def profile_for(profile: Profile, overlays: list[str] = (), **train) -> Profile:
     """The run's profile with ablation overlays and ``train`` fields applied (validated again)."""
-    from xlalign.config import _build, _merge, _read_yaml
-    from xlalign.config import CONFIG_DIR
+    from xlalign.config import CONFIG_DIR, _build, _merge, _read_yaml
 
     data = profile.to_dict()
     for overlay in overlays:
@@ -57,7 +56,7 @@ def eval_subset(rows: list[dict], langs: list[str], max_per_lang: int, seed: int
     rng = np.random.default_rng(seed)
     keep = set()
     per_label = max(1, max_per_lang // len(by_label))
-    for label, sids in sorted(by_label.items()):
+    for _label, sids in sorted(by_label.items()):
         idx = rng.permutation(len(sids))[:per_label]
         keep |= {sids[i] for i in idx}
     return [r for r in rows if r["sample_id"] in keep]

@@ -77,7 +77,7 @@ def build_report(run: Run, figure_dir: Path = FIGURE_DIR) -> Path:
         if "wall_time_s" in info:
             lines.append(f"| {step} | {info['wall_time_s']} |")
     lines += ["", "## Figures: the paper's (left) and ours (right)", ""]
-    for key, stem, title, _ in FIGURES:
+    for _key, stem, title, _ in FIGURES:
         ours = figure_dir / f"ours_{stem}.png"
         theirs = figure_dir / f"paper_{stem}.png"
         left = f"![paper]({_rel(theirs, run.path)})" if theirs.exists() else "_missing_"
