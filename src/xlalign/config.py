@@ -371,22 +371,37 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str] | dict
     return out
 
 
+def _overlay_path(overlay: str) -> Path:
+    path = Path(overlay)
+    if not path.exists():
+        path = CONFIG_DIR / "ablations" / f"{overlay}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown overlay {overlay!r} (looked for {path})")
+    return path
+
+
+def _apply(data: dict[str, Any], overlays: typing.Iterable[str], overrides) -> Profile:
+    for overlay in overlays:
+        data = _merge(data, _read_yaml(_overlay_path(overlay)))
+    return _build(Profile, apply_overrides(data, overrides))
+
+
 def load_profile(
     name_or_path: str = "cpu",
     overrides: typing.Iterable[str] | dict[str, Any] = (),
     overlays: typing.Iterable[str] = (),
 ) -> Profile:
     """Load ``configs/<name>.yaml`` (following ``inherit``), then overlays, then ``key=value`` overrides."""
-    data = _profile_dict(name_or_path)
-    for overlay in overlays:
-        path = Path(overlay)
-        if not path.exists():
-            path = CONFIG_DIR / "ablations" / f"{overlay}.yaml"
-        if not path.exists():
-            raise ConfigError(f"unknown overlay {overlay!r} (looked for {path})")
-        data = _merge(data, _read_yaml(path))
-    data = apply_overrides(data, overrides)
-    return _build(Profile, data)
+    return _apply(_profile_dict(name_or_path), overlays, overrides)
+
+
+def derive(
+    profile: Profile,
+    overlays: typing.Iterable[str] = (),
+    overrides: typing.Iterable[str] | dict[str, Any] = (),
+) -> Profile:
+    """``profile`` with ablation overlays and overrides applied, validated again (ablations, CALM)."""
+    return _apply(profile.to_dict(), overlays, overrides)
 
 
 def profile_from_dict(data: dict[str, Any]) -> Profile:

@@ -15,21 +15,14 @@ import numpy as np
 import pandas as pd
 
 from xlalign import stats, tables
-from xlalign.config import Profile, load_profile
+from xlalign.config import Profile, derive, load_profile
 from xlalign.data import ProbeData, build_probe_data, save_probe_data
 from xlalign.runs import Run
 
 
 def profile_for(profile: Profile, overlays: list[str] = (), **train) -> Profile:
     """The run's profile with ablation overlays and ``train`` fields applied (validated again)."""
-    from xlalign.config import CONFIG_DIR, _build, _merge, _read_yaml
-
-    data = profile.to_dict()
-    for overlay in overlays:
-        path = Path(overlay) if Path(overlay).exists() else CONFIG_DIR / "ablations" / f"{overlay}.yaml"
-        data = _merge(data, _read_yaml(path))
-    data["train"] = dict(data["train"], **train)
-    return _build(Profile, data)
+    return derive(profile, overlays, {f"train.{k}": v for k, v in train.items()})
 
 
 # --------------------------------------------------------------------------- data
@@ -137,16 +130,6 @@ def load_run_profile(run_dir: str | Path, name: str, overrides: list[str] = ()) 
     profile = load_profile(name, overrides=list(overrides))
     run = start_run(profile, run_dir or None, resume=True) if run_dir else start_run(profile)
     return profile, run
-
-
-def model_label(profile: Profile) -> str:
-    return profile.model.name
-
-
-def seed_everything(seed: int) -> None:
-    from transformers import set_seed
-
-    set_seed(seed)
 
 
 def replace_model(profile: Profile, name: str) -> Profile:

@@ -354,15 +354,23 @@ def load_model(profile: Profile, device: str | None = None):
     return model, tok
 
 
-def lora_config(profile: Profile, section=None):
+def lora_config(profile: Profile, model=None, section=None):
+    """PEFT LoraConfig from ``profile.lora`` (or ``section``); ``top_layers`` needs ``model``."""
     from peft import LoraConfig
 
     s = section or profile.lora
+    layers = None
+    if getattr(s, "top_layers", 0):
+        if model is None:
+            raise ValueError("lora.top_layers needs the model to know its number of layers")
+        n = model.config.num_hidden_layers
+        layers = list(range(max(0, n - s.top_layers), n))
     return LoraConfig(
         r=s.r,
         lora_alpha=s.alpha,
         lora_dropout=s.dropout,
         target_modules=list(s.target_modules),
+        layers_to_transform=layers,
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -379,7 +387,7 @@ def build_qlora(profile: Profile):
     model = prepare_model_for_kbit_training(
         model, use_gradient_checkpointing=profile.train.gradient_checkpointing
     )
-    return model, lora_config(profile), tok
+    return model, lora_config(profile, model), tok
 
 
 def resolved_commit(model) -> str | None:

@@ -377,22 +377,10 @@ def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def build_lora_config(profile: Profile, model, section: LoraSection | None = None):
-    from peft import LoraConfig
+    """Kept for callers of this module; the one implementation is ``models.lora_config``."""
+    from xlalign.models import lora_config
 
-    s = section or profile.lora
-    layers = None
-    if getattr(s, "top_layers", 0):
-        n = model.config.num_hidden_layers
-        layers = list(range(max(0, n - s.top_layers), n))
-    return LoraConfig(
-        r=s.r,
-        lora_alpha=s.alpha,
-        lora_dropout=s.dropout,
-        target_modules=list(s.target_modules),
-        layers_to_transform=layers,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
+    return lora_config(profile, model, section)
 
 
 def _common_args(profile: Profile, out: Path) -> dict:
@@ -450,7 +438,7 @@ def train_preference(
     """
     from datasets import Dataset
 
-    from xlalign.models import model_source
+    from xlalign.models import model_source, resolved_commit
 
     method = profile.train.method
     out = Path(output_dir)
@@ -481,6 +469,7 @@ def train_preference(
     _configure(trainer, profile.train.batch_size, profile.train.batching, profile.train.include_english, out)
     result = _run(trainer, out, resume)
     result.metrics["model_source"] = model_source(profile)[0]
+    result.metrics["model_commit"] = resolved_commit(getattr(model, "base_model", model))
     if trainer.args.process_index == 0:
         (out / "train_result.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
