@@ -415,6 +415,65 @@ def test_orpo_completion_scope_nll_is_completion_cross_entropy(orpo_pair):
     assert_grads_close(g_o, g_h)
 
 
+# --------------------------------------------------------------------------- DPO's fused LM head on the CPU
+
+
+def test_dpo_compact_lm_head_equals_stock_and_projects_only_completions(
+    tiny_model_and_tokenizer, tiny_pref_rows, tmp_path, monkeypatch
+):
+    """``compact_fused_lm_head`` gives stock DPO's loss and gradients while projecting only the completion
+    positions onto the vocabulary (stock TRL projects every position off Triton devices)."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from trl import DPOConfig, DPOTrainer
+    from trl.kernels import ChunkedLogProbFunction
+
+    from xlalign.training import compact_fused_lm_head
+
+    model, tokenizer = tiny_model_and_tokenizer
+    rows = [r for r in tiny_pref_rows if r["lang"] in ("en", "zh")][:4]
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
+                      init_lora_weights=False, task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    args = DPOConfig(output_dir=str(tmp_path / "dpo"), per_device_train_batch_size=4, max_length=2048,
+                     beta=0.1, remove_unused_columns=False, report_to="none", use_cpu=True,
+                     gradient_checkpointing=False, precompute_ref_log_probs=False)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
+    batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}
+    projected = []
+    apply = ChunkedLogProbFunction.apply
+
+    def spy(hidden, *rest):
+        projected.append(hidden.shape[0])
+        return apply(hidden, *rest)
+
+    monkeypatch.setattr(ChunkedLogProbFunction, "apply", spy)
+    model.train()
+
+    def loss_grads():
+        model.zero_grad(set_to_none=True)
+        loss = trainer._compute_loss(model, dict(batch), return_outputs=False)
+        loss = loss[0] if isinstance(loss, tuple) else loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    loss_s, g_s = loss_grads()
+    stock_rows = list(projected)
+    projected.clear()
+    with compact_fused_lm_head():
+        loss_c, g_c = loss_grads()
+    n_completion = int(batch["completion_mask"][:, 1:].sum())
+    n_positions = batch["input_ids"].shape[0] * (batch["input_ids"].shape[1] - 1)
+    assert stock_rows == [n_positions, n_positions]  # policy and reference, every position
+    assert projected == [n_completion, n_completion] and n_completion < n_positions / 4
+    torch.testing.assert_close(loss_c, loss_s, atol=1e-6, rtol=0)
+    assert g_s and all(g.abs().max() > 0 for g in g_s.values())
+    assert_grads_close(g_c, g_s, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- two processes
 
 

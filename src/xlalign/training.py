@@ -5,6 +5,7 @@ Every micro-batch's composition (query id and language of each row) is logged an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, replace
@@ -162,6 +163,36 @@ class _JsonlLogCallback(TrainerCallback):
                 fh.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
 
 
+@contextlib.contextmanager
+def compact_fused_lm_head():
+    """Score only labelled positions in TRL's fused LM head, on every device.
+
+    TRL 1.16's DPO (and SFT) forward, ``model(..., labels=..., fused_lm_head=True)``, projects hidden states
+    onto the vocabulary in tiles. On Triton devices it keeps only the positions whose label is not -100
+    (the completion); elsewhere it projects *every* position so that tile shapes stay fixed for compilers
+    such as Neuron's, and masks the result afterwards. On a CPU that means the whole prompt times a
+    262,144-word vocabulary for Gemma-3: 14 rows of ~430 tokens, against ~4 completion tokens per row.
+    The choice is made by ``trl.trainer.utils._use_triton``, looked up at call time; this context makes it
+    answer "compact" while the loss is computed. The log-probabilities are the same values either way
+    (``tests/test_training.py`` checks DPO's loss and gradients against the stock path), and the
+    projection kernel itself still picks its own implementation per device.
+    """
+    try:
+        import trl.trainer.utils as trl_utils
+    except ImportError:  # pragma: no cover - trl is a dependency
+        yield
+        return
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: True
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
 class GroupedTrainingMixin:
     """Override the sampler, check and log every micro-batch; shared by the DPO, ORPO and SFT trainers."""
 
@@ -214,7 +245,9 @@ class GroupedTrainingMixin:
         meta = inputs.pop("xl_meta", None)
         if meta is not None and model.training:
             self._xl_record(meta, self._count_tokens(inputs))
-        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        with compact_fused_lm_head():
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs.pop("xl_meta", None)
