@@ -92,3 +92,28 @@ def test_qlora_nf4_forward_and_backward_on_cpu(cache):
     out.loss.backward()
     grads = [p.grad for n, p in peft_model.named_parameters() if "lora_" in n and p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_output_projection_gets_a_contiguous_input(tiny_profile, tiny_model_dir):
+    """``logits_to_keep`` slices the hidden states into a non-contiguous view; with a frozen head that
+    view makes torch's CPU linear copy the weight once per row, so ``load_model`` hands it a copy."""
+    from transformers import AutoModelForCausalLM
+
+    seen = []
+
+    def spy(module, args):
+        seen.append(args[0].is_contiguous())
+
+    ids = torch.arange(5, 45).reshape(2, 20)
+    stock = AutoModelForCausalLM.from_pretrained(models.model_source(tiny_profile)[0])
+    stock.requires_grad_(False)
+    stock.get_output_embeddings().register_forward_pre_hook(spy)
+    with torch.no_grad():
+        ref = stock(ids, logits_to_keep=3).logits
+    model, _ = models.load_model(tiny_profile)
+    model.requires_grad_(False)
+    model.get_output_embeddings().register_forward_pre_hook(spy)
+    with torch.no_grad():
+        ours = model(ids, logits_to_keep=3).logits
+    assert seen == [False, True]
+    torch.testing.assert_close(ours, ref)
