@@ -608,3 +608,28 @@ def test_resume_matches_uninterrupted_run(tiny_profile, tiny_pref_rows, tmp_path
 
     assert composition(out) == composition(tmp_path / "a")
     assert [r["step"] for r in read_batch_logs(out)] == [0, 1, 2, 3]
+
+
+def test_orpo_shared_prompt_equals_concatenated_completion_forward(orpo_pair, monkeypatch):
+    """Encoding each prompt once (``train.share_prompt``) changes no loss, metric or gradient."""
+    from xlalign import training
+
+    model, stock, ours, batch = orpo_pair
+    ours.xl_nll_scope = "completion"
+    ours.xl_share_prompt = False
+    loss_a, m_a, g_a = loss_and_grads(model, lambda: ours.get_batch_loss_metrics(model, batch))
+    calls = []
+    real = training.shared_prompt_logits
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "shared_prompt_logits", counting)
+    ours.xl_share_prompt = True
+    loss_b, m_b, g_b = loss_and_grads(model, lambda: ours.get_batch_loss_metrics(model, batch))
+    assert calls == [batch["chosen_labels"].shape[0]]
+    torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=0)
+    for key in ("nll_loss", "log_odds_ratio", "logps/chosen", "logps/rejected", "rewards/margins"):
+        assert m_b[key] == pytest.approx(m_a[key], abs=1e-5), key
+    assert_grads_close(g_b, g_a)

@@ -115,6 +115,7 @@ class TrainSection:
     max_length: int = 4096
     optim: str = "adamw_torch"
     orpo_nll_scope: str = "full"  # full (TRL 1.16 stock: chosen prompt+response) | completion
+    share_prompt: bool = True  # encode a pair's prompt once for both completions (same values, less compute)
 
     def __post_init__(self) -> None:
         _choice(self.method, ("dpo", "orpo", "sft"), "train.method")

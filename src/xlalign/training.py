@@ -18,6 +18,7 @@ from torch.utils.data import Sampler
 from transformers import TrainerCallback
 
 from xlalign.config import LoraSection, Profile
+from xlalign.shared_prompt import shared_prompt_logits, split_pairs, token_logps
 
 META_KEYS = ("sample_id", "lang")
 
@@ -281,6 +282,7 @@ def _orpo_classes():
         """
 
         xl_nll_scope = "completion"
+        xl_share_prompt = True
 
         def concatenated_forward(self, model, batch):
             if self.is_encoder_decoder or self.aux_loss_enabled:
@@ -290,6 +292,10 @@ def _orpo_classes():
             )
             ids, mask, labels = cat["concatenated_input_ids"], cat["concatenated_attention_mask"], cat["concatenated_labels"]
             n_chosen = batch["chosen_labels"].shape[0]
+            if self.xl_nll_scope == "completion" and self.xl_share_prompt:
+                split = split_pairs(ids, mask, (labels != -100).long())
+                if split is not None:
+                    return self._xl_shared_forward(model, *split)
             ids_l, mask_l, labels_l = _to_left_padding(ids, mask, labels)
             comp = (labels_l != -100).sum(-1)
             keep = int(comp.max().item()) + 1
@@ -321,6 +327,22 @@ def _orpo_classes():
                 )
                 chosen_logits, rejected_logits = logits[:n_chosen, :-1], logits[n_chosen:, :-1]
             return (logps_c, logps_r, chosen_logits, rejected_logits, nll)
+
+        def _xl_shared_forward(self, model, prompts, completions):
+            """Completion scope with each prompt encoded once for its chosen and rejected completion
+            (``xlalign.shared_prompt``); the same values as the concatenated completion-scope forward.
+            ``logits/chosen`` and ``logits/rejected`` then average over completion positions only."""
+            logits, targets, cmask = shared_prompt_logits(model, prompts, completions, self.padding_value)
+            n = len(prompts)
+            lp = token_logps(logits, targets, cmask)
+            avg = lp.sum(-1) / cmask.sum(-1)
+            nll = torch.nn.functional.cross_entropy(
+                logits[:n].reshape(-1, logits.shape[-1]),
+                targets[:n].masked_fill(cmask[:n] == 0, -100).reshape(-1),
+                ignore_index=-100,
+            )
+            keep = cmask.bool()
+            return (avg[:n], avg[n:], logits[:n][keep[:n]], logits[n:][keep[n:]], nll)
 
     return ORPOConfig, AlignedORPOTrainer
 
@@ -499,6 +521,7 @@ def train_preference(
                       peft_config=peft_config, callbacks=callbacks)
     if method == "orpo":
         trainer.xl_nll_scope = profile.train.orpo_nll_scope
+    trainer.xl_share_prompt = profile.train.share_prompt
     _configure(trainer, profile.train.batch_size, profile.train.batching, profile.train.include_english, out)
     result = _run(trainer, out, resume)
     result.metrics["model_source"] = model_source(profile)[0]
