@@ -633,3 +633,67 @@ def test_orpo_shared_prompt_equals_concatenated_completion_forward(orpo_pair, mo
     for key in ("nll_loss", "log_odds_ratio", "logps/chosen", "logps/rejected", "rewards/margins"):
         assert m_b[key] == pytest.approx(m_a[key], abs=1e-5), key
     assert_grads_close(g_b, g_a)
+
+
+def test_dpo_shared_prompt_equals_stock_loss_metrics_and_gradients(
+    tiny_model_and_tokenizer, tiny_pref_rows, tmp_path, monkeypatch
+):
+    """Our DPO loss with each prompt encoded once equals TRL's ``_compute_loss`` (values, gradients and
+    logged metrics) on a batch whose prompts and completions differ in length."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from trl import DPOConfig
+
+    from xlalign import training
+
+    model, tokenizer = tiny_model_and_tokenizer
+    pos = [r for r in tiny_pref_rows if r["sample_id"].endswith(".pos")][:2]
+    neg = [r for r in tiny_pref_rows if r["sample_id"].endswith(".neg") and r["lang"] != "en"][:2]
+    rows = pos + neg
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
+                      init_lora_weights=False, task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    args = DPOConfig(output_dir=str(tmp_path / "dpo"), per_device_train_batch_size=4, max_length=2048,
+                     beta=0.1, loss_type=["sigmoid"], remove_unused_columns=False, report_to="none",
+                     use_cpu=True, gradient_checkpointing=False, precompute_ref_log_probs=False)
+    trainer = training._dpo_classes()[1](model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                         processing_class=tokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
+    batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}
+    # TRL keeps a copy of a passed-in adapter as the reference ("ref"); move the policy away from it.
+    assert "ref" in model.peft_config
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B.default" in name:
+                p.add_(0.5 * torch.randn_like(p))
+    comp = batch["completion_mask"].sum(-1)
+    assert len(set(comp.tolist())) > 1 and len(set(batch["attention_mask"].sum(-1).tolist())) > 2
+    model.train()
+    calls = []
+    real = training.shared_prompt_logits
+    monkeypatch.setattr(training, "shared_prompt_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def run(share: bool):
+        trainer.xl_share_prompt = share
+        trainer._metrics["train"].clear()
+        model.zero_grad(set_to_none=True)
+        loss = trainer._compute_loss(model, dict(batch), return_outputs=False)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return loss.detach(), {k: v[-1] for k, v in trainer._metrics["train"].items()}, grads
+
+    with training.compact_fused_lm_head():
+        loss_s, m_s, g_s = run(False)
+    assert calls == []
+    loss_o, m_o, g_o = run(True)
+    assert calls == [1, 1]  # policy and reference
+    torch.testing.assert_close(loss_o, loss_s, atol=1e-6, rtol=0)
+    assert abs(m_s["rewards/margins"]) > 0
+    assert m_o.keys() >= {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                          "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected",
+                          "entropy", "mean_token_accuracy"}
+    for key, value in m_s.items():
+        if key != "num_tokens":
+            assert m_o[key] == pytest.approx(value, abs=1e-4), key
+    assert_grads_close(g_o, g_s, atol=1e-6)

@@ -262,7 +262,83 @@ def _dpo_classes():
     from trl import DPOConfig, DPOTrainer
 
     class AlignedDPOTrainer(GroupedTrainingMixin, DPOTrainer):
-        """TRL's DPOTrainer (it already projects only completion positions) with grouped batching."""
+        """TRL's DPOTrainer with grouped batching, and each pair's prompt encoded once.
+
+        With ``xl_share_prompt`` (``train.share_prompt``) and the configuration the profiles use (sigmoid
+        loss, LoRA with the adapter-disabled base as reference, no precomputed reference log-probs),
+        the policy and the reference each encode a pair's prompt once and continue it with the chosen
+        and the rejected completion (``xlalign.shared_prompt``). Loss, gradients and the logged metrics
+        are those of TRL's ``_compute_loss`` (tested); any other configuration runs TRL's own code.
+        """
+
+        xl_share_prompt = True
+
+        def _xl_can_share(self, return_outputs: bool) -> bool:
+            from accelerate.utils import is_peft_model
+
+            return (
+                self.xl_share_prompt and not return_outputs and list(self.loss_types) == ["sigmoid"]
+                and self.ld_alpha is None and str(self.f_divergence_type) in ("reverse_kl", "FDivergenceType.REVERSE_KL")
+                and not self.precompute_ref_logps and not self.aux_loss_enabled and not self.use_weighting
+                and self.ref_model is None and is_peft_model(self.accelerator.unwrap_model(self.model))
+            )
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            split = None
+            if self._xl_can_share(return_outputs):
+                split = split_pairs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+            if split is None:
+                return super()._compute_loss(model, inputs, return_outputs)
+            return self._xl_shared_loss(model, inputs, *split)
+
+        def _xl_shared_loss(self, model, inputs, prompts, completions):
+            from trl.trainer.utils import use_adapter
+
+            mode = "train" if self.model.training else "eval"
+            tok = getattr(self, "_tokenizer", None) or self.processing_class
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id  # masked: any id
+            logits, targets, cmask = shared_prompt_logits(model, prompts, completions, pad)
+            per_token = token_logps(logits, targets, cmask)
+            logps = per_token.sum(-1)
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            with torch.no_grad(), use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+                ref_logits, _, _ = shared_prompt_logits(model, prompts, completions, pad)
+                ref_logps = token_logps(ref_logits, targets, cmask).sum(-1)
+                del ref_logits
+            n = len(prompts)
+            chosen_logps, rejected_logps = logps[:n], logps[n:]
+            chosen_logratios = chosen_logps - ref_logps[:n]
+            rejected_logratios = rejected_logps - ref_logps[n:]
+            loss = -torch.nn.functional.logsigmoid(self.beta * (chosen_logratios - rejected_logratios)).mean()
+            loss = loss * self.loss_weights[0]
+
+            gather = self.accelerator.gather_for_metrics
+            m = self._metrics[mode]
+            with torch.no_grad():
+                maskf = cmask.float()
+                logp_all = torch.log_softmax(logits, dim=-1)
+                entropy = -(logp_all.exp() * logp_all).sum(-1)
+                m["entropy"].append((gather((entropy * maskf).sum()).sum() / gather(maskf.sum()).sum()).item())
+                if mode == "train":
+                    self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item() // self._tp_size
+                m["num_tokens"] = [self._total_train_tokens]
+                mean_logits = logits.mean(-1) * maskf
+                for side, rows in (("chosen", slice(0, n)), ("rejected", slice(n, None))):
+                    tot = gather(mean_logits[rows].sum()).sum().item()
+                    cnt = gather(maskf[rows].sum()).sum().item()
+                    m[f"logits/{side}"].append(tot / cnt if cnt > 0 else 0.0)
+                top1 = (logits[:n].argmax(-1) == targets[:n]) & cmask[:n].bool()
+                m["mean_token_accuracy"].append((gather(top1.sum()).sum() / gather(cmask[:n].sum()).sum()).item())
+                chosen_rewards = self.beta * chosen_logratios.detach()
+                rejected_rewards = self.beta * rejected_logratios.detach()
+                m["rewards/chosen"].append(self.accelerator.gather(chosen_rewards).mean().item())
+                m["rewards/rejected"].append(self.accelerator.gather(rejected_rewards).mean().item())
+                acc = (chosen_rewards > rejected_rewards).float()
+                m["rewards/accuracies"].append(self.accelerator.gather(acc).mean().item())
+                m["rewards/margins"].append(self.accelerator.gather(chosen_rewards - rejected_rewards).mean().item())
+                m["logps/chosen"].append(self.accelerator.gather(chosen_logps.detach()).mean().item())
+                m["logps/rejected"].append(self.accelerator.gather(rejected_logps.detach()).mean().item())
+            return loss
 
     return DPOConfig, AlignedDPOTrainer
 
