@@ -80,14 +80,38 @@ def evaluate(profile: Profile, run: Run, label: str, rows: list[dict], adapter_d
     return df
 
 
+def same_training(run: Run, profile: Profile) -> Path | None:
+    """A finished training directory of this run whose configuration equals ``profile``'s, if any.
+
+    The ablations share runs with notebook 03: aligned ORPO at batch size 7 *is* notebook 03's aligned
+    ORPO run when the step budgets agree, so it is trained once."""
+    from xlalign.training import training_signature
+
+    want = json.loads(json.dumps(training_signature(profile, profile.train.method)))
+    for cfg in sorted((run.path / "train").glob("*/xlalign_train_config.json")):
+        if (cfg.parent / "train_result.json").exists() and json.loads(cfg.read_text()) == want:
+            return cfg.parent
+    return None
+
+
+def adapter_label(info: dict) -> str:
+    """The evaluation label of an adapter: its training directory's name (shared runs share predictions)."""
+    return Path(info["output_dir"]).name
+
+
 def train(profile: Profile, run: Run, label: str, data: ProbeData) -> dict:
-    """Train one adapter into ``train/<label>``; a finished run is reused, an interrupted one resumes."""
+    """Train one adapter into ``train/<label>``; a finished run is reused, an interrupted one resumes,
+    and a finished run of the same configuration under another label is used instead of retraining."""
     from xlalign.training import train_preference
 
     out = run.path / "train" / label
     done = out / "train_result.json"
     if done.exists():
         return json.loads(done.read_text())
+    twin = same_training(run, profile) if not out.exists() else None
+    if twin is not None:
+        run.step(f"train/{label}", reused=str(twin.relative_to(run.path)))
+        return json.loads((twin / "train_result.json").read_text())
     res = train_preference(profile, data.train_dataset(), out, resume=True)
     run.step(f"train/{label}", wall_time_s=round(res.wall_time_s, 1), steps=res.steps,
              tokens_per_s=round(res.tokens_per_s, 1))
@@ -98,7 +122,7 @@ def train(profile: Profile, run: Run, label: str, data: ProbeData) -> dict:
 def train_and_evaluate(profile: Profile, run: Run, label: str, data: ProbeData, langs: list[str]) -> dict:
     info = train(profile, run, label, data)
     rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
-    preds = evaluate(profile, run, label, rows, adapter_dir=info["adapter_dir"])
+    preds = evaluate(profile, run, adapter_label(info), rows, adapter_dir=info["adapter_dir"])
     return {"train": info, "preds": preds}
 
 
@@ -191,13 +215,13 @@ def ablation_batch_size(profile: Profile, run: Run, data: ProbeData) -> dict:
     for b in profile.experiments.batch_sizes:
         p = _ablation_profile(profile, [f"batch_size_{b}"])
         info = train(p, run, f"ablation-bs{b}", data)
-        preds[b] = evaluate(p, run, f"ablation-bs{b}", rows, adapter_dir=info["adapter_dir"])
+        preds[b] = evaluate(p, run, adapter_label(info), rows, adapter_dir=info["adapter_dir"])
         tidy = probe_tidy(preds[b], "ours_t12_13", f"bs_{b}", name, langs, profile)
         cells.append(tidy.assign(batch_size=b))
     top = max(profile.experiments.batch_sizes)
     pd_ = _ablation_profile(profile, [f"batch_size_{top}", "uncoupled"])
     info = train(pd_, run, f"ablation-bs{top}-uncoupled", data)
-    default = evaluate(pd_, run, f"ablation-bs{top}-uncoupled", rows, adapter_dir=info["adapter_dir"])
+    default = evaluate(pd_, run, adapter_label(info), rows, adapter_dir=info["adapter_dir"])
     default_tidy = probe_tidy(default, "ours_t12_13", f"{method}_default", name, langs, profile)
     table = pd.concat(cells + [default_tidy], ignore_index=True)
     # Figure 6 layout: one block per method, bs_N columns = Rest (avg.) at batch size N, rest_avg = default.

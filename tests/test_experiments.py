@@ -1,0 +1,48 @@
+"""xlalign.experiments: a finished training run is reused for an identical configuration only."""
+
+from __future__ import annotations
+
+import json
+
+from xlalign import experiments
+from xlalign.config import load_profile
+from xlalign.runs import start_run
+from xlalign.training import training_signature
+
+
+def _finished(run, label, profile):
+    out = run.path / "train" / label
+    out.mkdir(parents=True)
+    sig = training_signature(profile, profile.train.method)
+    (out / "xlalign_train_config.json").write_text(json.dumps(sig))
+    info = {"output_dir": str(out), "adapter_dir": str(out / "adapter"), "steps": 2}
+    (out / "train_result.json").write_text(json.dumps(info))
+    return info
+
+
+def test_identical_configuration_is_trained_once(tmp_path):
+    profile = load_profile("smoke")
+    run = start_run(profile, tmp_path / "run")
+    # Notebook 03's aligned ORPO run with the ablations' step budget ...
+    nb03 = experiments.profile_for(profile, method="orpo", max_steps=profile.experiments.ablation_max_steps)
+    info = _finished(run, "orpo-aligned", nb03)
+    # ... is the batch-size ablation's largest batch.
+    ablation = experiments._ablation_profile(profile, ["batch_size_3"])
+    assert experiments.same_training(run, ablation) == run.path / "train" / "orpo-aligned"
+    got = experiments.train(ablation, run, "ablation-bs3", data=None)  # data unused: nothing is trained
+    assert got == info and experiments.adapter_label(got) == "orpo-aligned"
+    assert not (run.path / "train" / "ablation-bs3").exists()
+    assert run.record["steps"]["train/ablation-bs3"] == {"reused": "train/orpo-aligned"}
+
+
+def test_a_different_configuration_is_not_reused(tmp_path):
+    profile = load_profile("smoke")
+    run = start_run(profile, tmp_path / "run")
+    _finished(run, "orpo-aligned", profile)
+    for other in (experiments.profile_for(profile, batching="uncoupled"),
+                  experiments.profile_for(profile, max_steps=profile.train.max_steps + 1),
+                  experiments.profile_for(profile, method="dpo")):
+        assert experiments.same_training(run, other) is None
+    # An unfinished directory (no train_result.json) is never reused.
+    (run.path / "train" / "orpo-aligned" / "train_result.json").unlink()
+    assert experiments.same_training(run, profile) is None
