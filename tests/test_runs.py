@@ -43,3 +43,17 @@ def test_write_json_refuses_to_overwrite(tmp_path):
 def test_redact_drops_secret_keys():
     assert redact({"hf_token": "x", "a": {"api_key": "y", "b": 1}}) == {
         "hf_token": "<redacted>", "a": {"api_key": "<redacted>", "b": 1}}
+
+
+def test_steps_recorded_by_another_process_survive(tmp_path):
+    """The pipeline's Run and a notebook kernel's Run share run.json; neither drops the other's steps."""
+    profile = load_profile("smoke")
+    pipeline = start_run(profile, tmp_path / "run")
+    kernel = start_run(profile, tmp_path / "run", resume=True)
+    kernel.step("train/orpo-aligned", wall_time_s=12.0)
+    kernel.step("eval/orpo-aligned", wall_time_s=3.0)
+    pipeline.step("notebook/03_batch_alignment", status="ok", wall_time_s=20.0)
+    pipeline.finish("ok")
+    steps = json.loads((tmp_path / "run" / "run.json").read_text())["steps"]
+    assert set(steps) == {"train/orpo-aligned", "eval/orpo-aligned", "notebook/03_batch_alignment"}
+    assert steps["train/orpo-aligned"] == {"wall_time_s": 12.0}

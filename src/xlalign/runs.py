@@ -101,9 +101,28 @@ class Run:
         return p
 
     def save(self) -> None:
-        tmp = self.path / "run.json.tmp"
-        tmp.write_text(json.dumps(self.record, indent=2, default=str))
-        tmp.replace(self.path / "run.json")
+        """Write ``run.json``, keeping the steps other processes recorded meanwhile.
+
+        ``make reproduce`` holds one ``Run`` while each notebook's kernel opens its own and records its
+        training and evaluation steps; a plain rewrite from memory would drop them. Steps are merged
+        under a file lock (this object's entries win for the names it recorded itself)."""
+        import fcntl
+
+        target = self.path / "run.json"
+        with (self.path / ".run.json.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if target.exists():
+                try:
+                    disk = json.loads(target.read_text())
+                except ValueError:
+                    disk = {}
+                steps = dict(disk.get("steps") or {})
+                steps.update(self.record.get("steps") or {})
+                if steps:
+                    self.record["steps"] = steps
+            tmp = self.path / "run.json.tmp"
+            tmp.write_text(json.dumps(self.record, indent=2, default=str))
+            tmp.replace(target)
 
     def step(self, name: str, **info: Any) -> None:
         """Record one step (a notebook, a training run) with its own times and details."""
