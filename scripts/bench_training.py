@@ -17,7 +17,11 @@ fresh copy of the model, and prints the step time (steps 2..N; step 1 carries th
   (it must stay under 1%), and the time spent in ``plan()`` during the real runs against their wall time;
 - ORPO forward: one optimizer-free step (loss + backward) on the same aligned batch with TRL's stock
   ``ORPOTrainer.concatenated_forward`` (full-vocabulary logits at every position) and with ours,
-  ``orpo_nll_scope`` "full" and "completion", with their ratios.
+  ``orpo_nll_scope`` "full" and "completion", and "completion" with each prompt encoded once
+  (``train.share_prompt``), with their ratios.
+
+The training runs use the profile's ``train.share_prompt``; pass ``train.share_prompt=false`` to time
+TRL's concatenated forward instead.
 """
 
 from __future__ import annotations
@@ -170,27 +174,33 @@ def orpo_forward_variants(profile, rows: list[dict], out: Path, reps: int) -> di
     batch = stock.data_collator([stock.train_dataset[i] for i in range(len(batch_rows))])
     model.train()
 
-    def step(trainer, scope=None):
+    def step(trainer, scope=None, share=False):
         if scope:
             trainer.xl_nll_scope = scope
+            trainer.xl_share_prompt = share
         model.zero_grad(set_to_none=True)
         loss, _ = trainer.get_batch_loss_metrics(model, batch)
         loss.backward()
         return loss.item()
 
-    variants = {"stock": (stock, None), "full": (ours, "full"), "completion": (ours, "completion")}
+    variants = {
+        "stock": (stock, None, False),
+        "full": (ours, "full", False),
+        "completion": (ours, "completion", False),
+        "completion_shared": (ours, "completion", True),
+    }
     result = {
         "rows": len(batch_rows),
         "tokens": int(
             batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum()
         ),
     }
-    for name, (trainer, scope) in variants.items():
-        loss = step(trainer, scope)  # warm-up
+    for name, (trainer, scope, share) in variants.items():
+        loss = step(trainer, scope, share)  # warm-up
         times = []
         for _ in range(reps):
             t0 = time.perf_counter()
-            step(trainer, scope)
+            step(trainer, scope, share)
             times.append(time.perf_counter() - t0)
         result[name] = {"loss": loss, "step_s": statistics.median(times)}
     return result
@@ -272,17 +282,22 @@ def main(argv: list[str] | None = None) -> dict:
         o["completion_vs_stock"] = o["completion"]["step_s"] / o["stock"]["step_s"]
         o["full_vs_stock"] = o["full"]["step_s"] / o["stock"]["step_s"]
         o["completion_vs_full"] = o["completion"]["step_s"] / o["full"]["step_s"]
+        o["shared_vs_completion"] = o["completion_shared"]["step_s"] / o["completion"]["step_s"]
+        o["shared_vs_stock"] = o["completion_shared"]["step_s"] / o["stock"]["step_s"]
         results["orpo_forward"] = o
         print(
             f"orpo forward+backward on one aligned batch ({o['rows']} rows, {o['tokens']} tokens): "
             f"stock {o['stock']['step_s']:.2f} s (loss {o['stock']['loss']:.5f}), "
             f"full {o['full']['step_s']:.2f} s (loss {o['full']['loss']:.5f}), "
-            f"completion {o['completion']['step_s']:.2f} s (loss {o['completion']['loss']:.5f})",
+            f"completion {o['completion']['step_s']:.2f} s (loss {o['completion']['loss']:.5f}), "
+            f"completion with the prompt encoded once {o['completion_shared']['step_s']:.2f} s "
+            f"(loss {o['completion_shared']['loss']:.5f})",
             flush=True,
         )
         print(
             f"orpo ratios: completion/stock x{o['completion_vs_stock']:.3f}, "
-            f"full/stock x{o['full_vs_stock']:.3f}, completion/full x{o['completion_vs_full']:.3f}",
+            f"full/stock x{o['full_vs_stock']:.3f}, completion/full x{o['completion_vs_full']:.3f}, "
+            f"shared/completion x{o['shared_vs_completion']:.3f}, shared/stock x{o['shared_vs_stock']:.3f}",
             flush=True,
         )
 
