@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 import torch
 
 from xlalign.calm import (
+    PAPER_BLOCKS,
     TEMPLATES,
     Sample,
     build_pairs,
@@ -21,6 +23,7 @@ from xlalign.calm import (
     majority_vote,
     pair_counts,
     parse_letter,
+    results_table,
     run_calm,
     sample_answers,
     sft_rows,
@@ -492,3 +495,18 @@ def test_full_chain_on_the_tiny_model(tiny_profile, tmp_path, tiny_model_and_tok
     assert res["wall_times_s"]["total"] > 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["counts"]["pairs_total"] == 2
+
+    # The tidy Tables 1/3 rebuilt from the per-item files agree with the chain's own scores.
+    table = results_table(out, "tiny", langs, seed=0, n_resamples=50)
+    assert list(pd.unique(table["block"])) == ["base", "sft", "calm", "sft_gt", "dpo_gt", "calm_en"]
+    for name, metrics in res["evaluation"].items():
+        block = table[table["block"] == PAPER_BLOCKS.get(name, name)].set_index("column")["value"]
+        assert block["english"] == pytest.approx(metrics["accuracy"]["en"])
+        assert block["french"] == pytest.approx(metrics["accuracy"]["fr"])
+        assert block["ac3"] == pytest.approx(metrics["ac3"])
+    base = table[table["block"] == "base"]
+    assert base["delta"].isna().all()
+    calm_rows = table[table["block"] == "calm"].set_index("column")
+    assert calm_rows.loc["acc_avg", "delta"] == pytest.approx(
+        res["evaluation"]["calm"]["acc_avg"] - res["evaluation"]["base"]["acc_avg"]
+    )

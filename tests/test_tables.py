@@ -139,6 +139,14 @@ def test_calm_table():
     assert val["ac3"] == pytest.approx(ac3(val["acc_avg"], val["consistency"]))
     assert tidy["ci_low"].isna().all()
 
+    with_ci = calm_table(preds, "calm_t01", "x_csqa", "Llama", langs, with_ci=True, seed=3)
+    pd.testing.assert_series_equal(with_ci["value"], tidy["value"])
+    lang_rows = with_ci[with_ci["column"].isin(["english", "chinese", "french"])]
+    assert (lang_rows["ci_low"] <= lang_rows["value"]).all()
+    assert (lang_rows["value"] <= lang_rows["ci_high"]).all()
+    assert (lang_rows["ci_high"] > lang_rows["ci_low"]).all()  # 2-3 of 4 right: not degenerate
+    assert with_ci.loc[~with_ci.index.isin(lang_rows.index), "ci_low"].isna().all()
+
 
 def test_write_table_roundtrip_and_no_silent_overwrite(tmp_path):
     tidy = paper_tidy()

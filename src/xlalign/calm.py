@@ -890,6 +890,48 @@ def score(preds: pd.DataFrame) -> dict:
     }
 
 
+# Our variant names -> the block names of the transcribed CALM Tables 1 and 3 (data/paper).
+PAPER_BLOCKS = {"base": "base", "sft": "sft", "calm": "calm", "gt_sft": "sft_gt", "gt_dpo": "dpo_gt"}
+
+
+def results_table(
+    calm_dir: str | Path,
+    model: str,
+    langs: Sequence[str],
+    seed: int = 0,
+    n_resamples: int = 1000,
+) -> pd.DataFrame:
+    """CALM Tables 1 and 3 in the tidy schema, from ``calm_dir/predictions/<variant>.jsonl``.
+
+    One block per evaluated variant (named as in the papers' tables where they have one), accuracy
+    per language with bootstrap CIs, ACC_avg, Consistency_2 and AC3, and gains over ``base``.
+    """
+    from xlalign.tables import calm_table
+
+    pred_dir = Path(calm_dir) / "predictions"
+    files = {f.stem: f for f in sorted(pred_dir.glob("*.jsonl"))}
+    if "base" not in files:
+        raise FileNotFoundError(f"{pred_dir}: no base.jsonl; run the CALM chain first")
+    order = [n for n in PAPER_BLOCKS if n in files] + [n for n in files if n not in PAPER_BLOCKS]
+    frames, base = [], None
+    for name in order:
+        preds = pd.read_json(files[name], lines=True, dtype={"sample_id": str, "label": str})
+        tidy = calm_table(
+            preds,
+            "ours_calm_t01_03",
+            PAPER_BLOCKS.get(name, name),
+            model,
+            langs,
+            baseline=base,
+            with_ci=True,
+            seed=seed,
+            n_resamples=n_resamples,
+        )
+        base = tidy if name == "base" else base
+        frames.append(tidy)
+    return pd.concat(frames, ignore_index=True)
+
+
 def _load_adapter(model, adapter_dir: str):
     from peft import PeftModel
 

@@ -140,16 +140,27 @@ def calm_table(
     langs,
     s: int = 2,
     baseline: pd.DataFrame | None = None,
+    with_ci: bool = False,
+    seed: int = 0,
+    n_resamples: int = 1000,
 ) -> pd.DataFrame:
     """CALM X-CSQA table: accuracy per language, ``acc_avg`` (all languages), Consistency_s, AC3.
 
-    AC3 combines ``acc_avg`` with Consistency_s; CALM prints no CIs, so ci_low/ci_high are empty.
+    AC3 combines ``acc_avg`` with Consistency_s. CALM prints no CIs; ``with_ci`` adds our bootstrap
+    CIs to the per-language accuracies (the summary columns keep empty ci_low/ci_high).
     """
     langs = list(langs)
     sub = _select_langs(preds, langs)
     acc = accuracy_by_language(sub).reindex(langs)
     cons = consistency(sub, s=s, langs=langs)
-    rows = [{"column": _lang_name(lang), "value": float(acc[lang])} for lang in langs]
+    correct = is_correct(sub)
+    rows = []
+    for lang in langs:
+        row = {"column": _lang_name(lang), "value": float(acc[lang])}
+        if with_ci:
+            ci = bootstrap_ci(correct[sub["lang"] == lang], n_resamples=n_resamples, seed=seed)
+            row.update(ci_low=ci.low, ci_high=ci.high)
+        rows.append(row)
     rows += [
         {"column": "acc_avg", "value": float(acc.mean())},
         {"column": "consistency", "value": cons},
