@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 
@@ -21,7 +22,11 @@ def test_all_notebooks_run_on_smoke(tmp_path, monkeypatch, cache_dir):
     for nb in notebooks():
         assert (run.path / "notebooks" / nb.name).exists()
         assert rec["steps"][f"notebook/{nb.stem}"]["status"] == "ok"
-    assert (run.path / "report.md").exists()
-    assert (run.path / "tables" / "table06_08_batch_alignment.csv").exists()
+    report = (run.path / "report.md").read_text(encoding="utf-8")
+    assert "## Our run next to the published numbers" in report
+    assert "### calm_table01_03 (published: calm_t01, calm_t03)" in report
+    table = (run.path / "tables" / "table06_08_batch_alignment.md").read_text(encoding="utf-8")
+    assert re.search(r"\d+\.\d \[\d+\.\d–\d+\.\d\]", table)  # cells carry their 95% CI
+    assert (run.path / "tables" / "calm_table01_03.csv").exists()
     assert (tmp_path / "figures" / "ours_fig3_english_vs_rest.png").exists()
     assert os.listdir(run.path / "eval")

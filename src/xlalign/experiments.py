@@ -143,7 +143,9 @@ def probe_tidy(preds: pd.DataFrame, table: str, block: str, model: str, langs: l
 
 
 def write_tables(run: Run, stem: str, tidy: pd.DataFrame) -> dict:
-    paths = tables.write_table(tidy, run.sub("tables"), stem, overwrite=True)
+    """``tables/<stem>.csv`` (tidy) and ``.md`` (paper layout with CIs); a rerun of the notebook
+    that made them replaces them."""
+    paths = tables.write_table(tidy, run.sub("tables"), stem, overwrite=True, show_ci=True)
     return {k: str(v) for k, v in (paths.items() if isinstance(paths, dict) else enumerate(paths))}
 
 

@@ -1,0 +1,109 @@
+"""Tests for xlalign.report: our tables next to the published ones, read from data/paper/."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from xlalign import paper
+from xlalign.report import published_side_by_side, write_side_by_side
+from xlalign.tables import SCHEMA_COLUMNS, write_table
+
+
+def _ours(table, rows):
+    frame = pd.DataFrame(rows, columns=["block", "column", "value", "delta", "ci_low", "ci_high"])
+    return frame.assign(table=table, model="gemma-3-270m")[SCHEMA_COLUMNS]
+
+
+def test_batch_alignment_rows_sit_next_to_the_published_blocks(tmp_path):
+    nan = float("nan")
+    ours = _ours(
+        "ours_t06_08",
+        [
+            ("baseline", "english", 50.0, nan, 20.0, 80.0),
+            ("baseline", "rest_avg", 45.0, nan, 30.0, 60.0),
+            ("orpo_default", "english", 55.0, nan, 25.0, 85.0),
+            ("orpo_default", "rest_avg", 48.3, nan, 21.7, 75.0),
+            ("orpo_ours", "english", 55.0, nan, 25.0, 85.0),
+            ("orpo_ours", "rest_avg", 51.0, 2.7, 30.0, 70.0),
+            ("orpo_ours", "arabic", 51.0, 2.7, 30.0, 70.0),  # not a compared column
+        ],
+    )
+    write_table(ours, tmp_path, "table06_08_batch_alignment")
+    wide = published_side_by_side(tmp_path)["table06_08_batch_alignment"]
+    assert list(wide.columns) == ["table", "block", "model", "english", "rest_avg"]
+    mine = wide.loc[["ours"]].set_index("block")
+    assert mine.loc["orpo_ours", "rest_avg"] == "51.0(+2.7) [30.0–70.0]"
+    assert mine.loc["baseline", "english"] == "50.0 [20.0–80.0]"
+    published = wide.loc[["paper"]]
+    # Only the blocks we reproduced (ORPO), from Table 8; DPO's Table 6 rows are left out.
+    assert set(published["block"]) == {"orpo_default", "orpo_ours"}
+    assert set(published["table"]) == {"ba_t08"}
+    t08 = paper.load_table("ba_t08").set_index(["block", "model", "column"])
+    row = published[(published["block"] == "orpo_ours")].set_index("model")
+    for model, cell in row["rest_avg"].items():
+        value = t08.loc[("orpo_ours", model, "rest_avg")]
+        assert cell == f"{value['value']:.1f}({value['delta']:+.1f})"
+    assert len(row) == 8  # the paper's eight models
+
+
+def test_batch_size_ablation_is_put_in_table_13s_layout(tmp_path):
+    nan = float("nan")
+    ours = _ours(
+        "ours_t12_13",
+        [
+            ("bs_1", "english", 50.0, nan, 20.0, 80.0),
+            ("bs_1", "rest_avg", 40.0, nan, 20.0, 60.0),
+            ("bs_4", "rest_avg", 44.0, nan, 24.0, 64.0),
+            ("bs_7", "rest_avg", 47.0, nan, 27.0, 67.0),
+            ("orpo_default", "english", 52.0, nan, 22.0, 82.0),
+            ("orpo_default", "rest_avg", 41.0, nan, 21.0, 61.0),
+        ],
+    )
+    write_table(ours, tmp_path, "table12_13_batch_size")
+    wide = published_side_by_side(tmp_path)["table12_13_batch_size"]
+    mine = wide.loc[["ours"]]
+    assert len(mine) == 1 and mine["block"].iloc[0] == "orpo"
+    assert mine["english"].iloc[0] == "52.0 [22.0–82.0]"  # the uncoupled default, as in Table 13
+    assert mine["bs_4"].iloc[0] == "44.0 [24.0–64.0]"
+    assert mine["bs_2"].iloc[0] == ""  # not run
+    published = wide.loc[["paper"]]
+    assert set(published["table"]) == {"ba_t13"} and published["bs_1"].eq("").all()
+
+
+def test_calm_compares_with_the_x_csqa_columns_and_table_3_baselines(tmp_path):
+    nan = float("nan")
+    rows = []
+    for block in ("base", "calm", "sft_gt"):
+        for column in ("english", "chinese", "french", "acc_avg", "consistency", "ac3"):
+            rows.append((block, column, 30.0, nan, nan, nan))
+    write_table(_ours("ours_calm_t01_03", rows), tmp_path, "calm_table01_03")
+    wide = published_side_by_side(tmp_path)["calm_table01_03"]
+    published = wide.loc[["paper"]]
+    assert set(published["block"]) == {"base", "calm", "sft_gt"}
+    t01 = paper.load_table("calm_t01").set_index(["block", "model", "column"])["value"]
+    # The paper prints "Llama" in Table 1 and "Llama3" in Table 3: both get one canonical name.
+    assert set(published["model"]) == {"Llama-3-8B-Instruct", "Mistral-7B-Instruct-v0.2"}  # Self-RAG: MEDQA only
+    calm = published[published["block"] == "calm"]
+    llama = calm[calm["model"] == "Llama-3-8B-Instruct"].iloc[0]
+    assert llama["ac3"] == f"{t01[('calm', 'Llama', 'xcsqa_ac3')]:.1f}"
+    assert llama["chinese"] == f"{t01[('calm', 'Llama', 'xcsqa_chinese')]:.1f}"
+
+
+def test_side_by_side_markdown_lists_each_reproduced_table(tmp_path):
+    assert write_side_by_side(tmp_path) is None  # nothing reproduced, nothing written
+    nan = float("nan")
+    ours = _ours("ours_t05", [("baseline", "english", 50.0, nan, 20.0, 80.0)])
+    write_table(ours, tmp_path, "table05_baseline")
+    text = write_side_by_side(tmp_path).read_text(encoding="utf-8")
+    assert "### table05_baseline (published: ba_t05)" in text
+    assert "50.0 [20.0–80.0]" in text and "Llama-3.1-70B-Instruct" in text
+    assert "table06_08" not in text
+
+
+def test_a_malformed_table_of_ours_names_the_file_and_line(tmp_path):
+    (tmp_path / "table05_baseline.csv").write_text(
+        ",".join(SCHEMA_COLUMNS) + "\nours_t05,baseline,m,english,fifty,,,\n"
+    )
+    with pytest.raises(paper.PaperDataError, match=r"table05_baseline.csv: line 2.*'value'"):
+        published_side_by_side(tmp_path)
