@@ -1,12 +1,15 @@
 """Benchmark the two probe evaluation modes: items/s of scoring and generation, and their agreement.
 
 Examples:
+    # the cpu profile's evaluation set (10 items per training language, as notebook 03 evaluates):
     PYTHONPATH=src python scripts/bench_eval.py
-    PYTHONPATH=src python scripts/bench_eval.py --n 32 --batch-size 8
-    PYTHONPATH=src python scripts/bench_eval.py --dtype float32 --out-dir runs/bench
+    # more items, balanced over languages, from the same test split:
+    PYTHONPATH=src python scripts/bench_eval.py --n 64 --batch-size 8
+    # any local transformers model instead of the profile's:
+    PYTHONPATH=src python scripts/bench_eval.py --model-dir path/to/model --dtype float32
 
-Loads Gemma-3-270M from ``--model-dir`` (the converted cache of the cpu profile's model), builds the
-probe test rows with k=2 documents, draws ``--n`` items balanced over languages (seeded) and runs
+Loads the profile's model through ``xlalign.models.load_model`` (the cached conversion for the cpu
+profile's Gemma-3-270M; converted on first use), builds the profile's probe and runs
 ``evaluate_probe`` in scoring and then generation mode on the same items. Not a test.
 """
 
@@ -22,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from xlalign.config import DataSection, Profile
+from xlalign.config import load_profile
 from xlalign.data import build_probe_data
 from xlalign.evaluation import agreement, encode, evaluate_probe
+from xlalign.experiments import eval_subset
+from xlalign.models import load_model
 from xlalign.probe import render_prompt
-
-DEFAULT_MODEL_DIR = "/tmp/xlcache/models/gemma-3-270m"
 
 
 def balanced_sample(rows: list[dict], n: int, seed: int) -> list[dict]:
@@ -63,29 +66,46 @@ def timed(model, tok, rows, out: Path, mode: str, args) -> tuple[object, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--profile", default="cpu", help="model, probe data and eval set")
+    parser.add_argument("--model-dir", default="", help="a local transformers model instead")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
-    parser.add_argument("--n", type=int, default=64, help="items, balanced over languages")
+    parser.add_argument(
+        "--n", type=int, default=0, help="items balanced over languages (default: the eval set)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=12)
     parser.add_argument("--prompt-format", default="auto", choices=["auto", "plain", "chat"])
     parser.add_argument("--out-dir", default="", help="keep the prediction files here")
+    parser.add_argument("overrides", nargs="*", help="profile overrides, section.key=value")
     args = parser.parse_args(argv)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    profile = load_profile(args.profile, overrides=args.overrides)
+    if args.model_dir:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(args.model_dir)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=getattr(torch, args.dtype))
+        tok = AutoTokenizer.from_pretrained(args.model_dir)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        model = AutoModelForCausalLM.from_pretrained(
+            args.model_dir, dtype=getattr(torch, args.dtype)
+        )
+        name = args.model_dir
+    else:
+        model, tok = load_model(profile)
+        name = f"{profile.model.name} ({profile.model.dtype}, profile {args.profile})"
     model.eval()
 
-    data = build_probe_data(Profile(data=DataSection(k=2)), tok)
-    rows = balanced_sample(data.test_rows, args.n, args.seed)
+    data = build_probe_data(profile, tok)
+    if args.n:
+        rows = balanced_sample(data.test_rows, args.n, args.seed)
+    else:
+        rows = eval_subset(
+            data.test_rows, profile.data.train_langs, profile.eval.max_items_per_lang, profile.seed
+        )
     lengths = [len(encode(tok, render_prompt(r["prompt"], tok, args.prompt_format))) for r in rows]
     langs = sorted({r["lang"] for r in rows})
-    print(f"model {args.model_dir} ({args.dtype}), torch threads {torch.get_num_threads()}")
+    print(f"model {name}, torch threads {torch.get_num_threads()}")
     # Other processes on the same cores slow both modes; the load average says how much.
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     print(
