@@ -21,7 +21,9 @@ def test_every_profile_validates(path):
     assert profile.name == path.stem
 
 
-@pytest.mark.parametrize("path", sorted((CONFIG_DIR / "ablations").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted((CONFIG_DIR / "ablations").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_every_ablation_overlay_validates_on_paper(path):
     profile = load_profile("paper", overlays=[str(path)])
     assert profile.train.batch_size >= 1
@@ -37,16 +39,29 @@ def test_accelerate_configs_parse():
 
 def test_paper_profile_holds_paper_hyperparameters():
     p = load_profile("paper")
-    assert (p.train.learning_rate, p.train.batch_size, p.train.max_length, p.train.epochs) == (5e-6, 7, 4096, 3.0)
+    assert (p.train.learning_rate, p.train.batch_size, p.train.max_length, p.train.epochs) == (
+        5e-6,
+        7,
+        4096,
+        3.0,
+    )
     assert p.model.quantization == "nf4" and p.data.k == 10
     c = p.calm
     assert (c.lora.r, c.lora.alpha, c.lora.target_modules) == (8, 16, ["q_proj", "v_proj"])
-    assert (c.learning_rate, c.lr_scheduler, c.warmup_ratio, c.beta, c.epochs) == (5e-6, "cosine", 0.1, 0.1, 3.0)
+    assert (c.learning_rate, c.lr_scheduler, c.warmup_ratio, c.beta, c.epochs) == (
+        5e-6,
+        "cosine",
+        0.1,
+        0.1,
+        3.0,
+    )
     assert (c.num_samples, c.temperature, c.top_p, c.max_new_tokens) == (3, 1.0, 0.9, 512)
 
 
 def test_unknown_key_is_named_with_suggestion():
-    with pytest.raises(ConfigError, match=r"unknown profile key 'train.lerning_rate'.*learning_rate"):
+    with pytest.raises(
+        ConfigError, match=r"unknown profile key 'train.lerning_rate'.*learning_rate"
+    ):
         load_profile("smoke", overrides=["train.lerning_rate=1e-3"])
 
 

@@ -42,7 +42,9 @@ def test_probe_is_identical_across_languages_and_split_by_topic(corpus):
     assert abs(len(test_topics) / len(sides) - 0.3) < 0.05
     labels = Counter((r["split"], r["label"]) for r in data.rows)
     assert labels["train", probe.ANSWER_PRESENT] == labels["train", probe.ANSWER_ABSENT]
-    assert {r["lang"] for r in data.train_pref} == set(DataSection().train_langs)  # unseen: test only
+    assert {r["lang"] for r in data.train_pref} == set(
+        DataSection().train_langs
+    )  # unseen: test only
 
 
 def test_positive_holds_the_relevant_document_negative_does_not(corpus):
@@ -56,7 +58,10 @@ def test_positive_holds_the_relevant_document_negative_does_not(corpus):
 
 def test_samples_and_split_are_stable_when_languages_are_added(corpus):
     a = build_probe_data(
-        Profile(data=DataSection(k=3, train_langs=["en", "fr"], unseen_langs=[]), train=TrainSection(batch_size=2))
+        Profile(
+            data=DataSection(k=3, train_langs=["en", "fr"], unseen_langs=[]),
+            train=TrainSection(batch_size=2),
+        )
     )
     b = build_probe_data(Profile(data=DataSection(k=3)))
     key = lambda rows: {(r["sample_id"], tuple(r["doc_topics"]), r["split"]) for r in rows}  # noqa: E731
@@ -74,7 +79,11 @@ def test_prompt_is_the_paper_template(corpus):
 
 
 def test_overlong_groups_are_refused_or_dropped_whole():
-    rows = [{"sample_id": "s1", "lang": "en"}, {"sample_id": "s1", "lang": "ar"}, {"sample_id": "s2", "lang": "en"}]
+    rows = [
+        {"sample_id": "s1", "lang": "en"},
+        {"sample_id": "s1", "lang": "ar"},
+        {"sample_id": "s2", "lang": "en"},
+    ]
     with pytest.raises(ValueError, match="max_prompt_tokens=100"):
         probe.enforce_max_length(rows, [50, 150, 50], 100, "refuse")
     kept, report = probe.enforce_max_length(rows, [50, 150, 50], 100, "drop_group")
@@ -90,7 +99,9 @@ def _copy_corpus(tmp_path, domains=("finance",), langs=("en", "fr")):
     for d in domains:
         (tmp_path / d).mkdir(parents=True)
         for lang in langs:
-            shutil.copy(corpus_dir("data/corpus") / d / f"{lang}.jsonl", tmp_path / d / f"{lang}.jsonl")
+            shutil.copy(
+                corpus_dir("data/corpus") / d / f"{lang}.jsonl", tmp_path / d / f"{lang}.jsonl"
+            )
     return tmp_path
 
 
@@ -148,9 +159,20 @@ def test_machine_translated_language_with_fake_translator(corpus):
 def test_preference_rows_plain_and_chat(corpus):
     from transformers import AutoTokenizer  # noqa: F401
 
-    rows = [{"prompt": "P", "label": probe.ANSWER_PRESENT, "sample_id": "s", "query_id": "q", "topic_id": "t", "lang": "en"}]
+    rows = [
+        {
+            "prompt": "P",
+            "label": probe.ANSWER_PRESENT,
+            "sample_id": "s",
+            "query_id": "q",
+            "topic_id": "t",
+            "lang": "en",
+        }
+    ]
     plain = probe.preference_rows(rows)
-    assert plain[0]["chosen"] == probe.ANSWER_PRESENT and plain[0]["rejected"] == probe.ANSWER_ABSENT
+    assert (
+        plain[0]["chosen"] == probe.ANSWER_PRESENT and plain[0]["rejected"] == probe.ANSWER_ABSENT
+    )
     assert plain[0]["prompt"] == "P\n" and plain[0]["sample_id"] == "s"
 
     class ChatTok:

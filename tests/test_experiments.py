@@ -24,12 +24,16 @@ def test_identical_configuration_is_trained_once(tmp_path):
     profile = load_profile("smoke")
     run = start_run(profile, tmp_path / "run")
     # Notebook 03's aligned ORPO run with the ablations' step budget ...
-    nb03 = experiments.profile_for(profile, method="orpo", max_steps=profile.experiments.ablation_max_steps)
+    nb03 = experiments.profile_for(
+        profile, method="orpo", max_steps=profile.experiments.ablation_max_steps
+    )
     info = _finished(run, "orpo-aligned", nb03)
     # ... is the batch-size ablation's largest batch.
     ablation = experiments._ablation_profile(profile, ["batch_size_3"])
     assert experiments.same_training(run, ablation) == run.path / "train" / "orpo-aligned"
-    got = experiments.train(ablation, run, "ablation-bs3", data=None)  # data unused: nothing is trained
+    got = experiments.train(
+        ablation, run, "ablation-bs3", data=None
+    )  # data unused: nothing is trained
     assert got == info and experiments.adapter_label(got) == "orpo-aligned"
     assert not (run.path / "train" / "ablation-bs3").exists()
     assert run.record["steps"]["train/ablation-bs3"] == {"reused": "train/orpo-aligned"}
@@ -39,9 +43,11 @@ def test_a_different_configuration_is_not_reused(tmp_path):
     profile = load_profile("smoke")
     run = start_run(profile, tmp_path / "run")
     _finished(run, "orpo-aligned", profile)
-    for other in (experiments.profile_for(profile, batching="uncoupled"),
-                  experiments.profile_for(profile, max_steps=profile.train.max_steps + 1),
-                  experiments.profile_for(profile, method="dpo")):
+    for other in (
+        experiments.profile_for(profile, batching="uncoupled"),
+        experiments.profile_for(profile, max_steps=profile.train.max_steps + 1),
+        experiments.profile_for(profile, method="dpo"),
+    ):
         assert experiments.same_training(run, other) is None
     # An unfinished directory (no train_result.json) is never reused.
     (run.path / "train" / "orpo-aligned" / "train_result.json").unlink()

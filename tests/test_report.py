@@ -83,7 +83,10 @@ def test_calm_compares_with_the_x_csqa_columns_and_table_3_baselines(tmp_path):
     assert set(published["block"]) == {"base", "calm", "sft_gt"}
     t01 = paper.load_table("calm_t01").set_index(["block", "model", "column"])["value"]
     # The paper prints "Llama" in Table 1 and "Llama3" in Table 3: both get one canonical name.
-    assert set(published["model"]) == {"Llama-3-8B-Instruct", "Mistral-7B-Instruct-v0.2"}  # Self-RAG: MEDQA only
+    assert set(published["model"]) == {
+        "Llama-3-8B-Instruct",
+        "Mistral-7B-Instruct-v0.2",
+    }  # Self-RAG: MEDQA only
     calm = published[published["block"] == "calm"]
     llama = calm[calm["model"] == "Llama-3-8B-Instruct"].iloc[0]
     assert llama["ac3"] == f"{t01[('calm', 'Llama', 'xcsqa_ac3')]:.1f}"

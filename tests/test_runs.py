@@ -42,7 +42,9 @@ def test_write_json_refuses_to_overwrite(tmp_path):
 
 def test_redact_drops_secret_keys():
     assert redact({"hf_token": "x", "a": {"api_key": "y", "b": 1}}) == {
-        "hf_token": "<redacted>", "a": {"api_key": "<redacted>", "b": 1}}
+        "hf_token": "<redacted>",
+        "a": {"api_key": "<redacted>", "b": 1},
+    }
 
 
 def test_steps_recorded_by_another_process_survive(tmp_path):

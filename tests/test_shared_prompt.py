@@ -8,7 +8,14 @@ import torch
 from xlalign.shared_prompt import shared_prompt_logits, split_pairs, token_logps
 
 PROMPTS = [[5, 17, 23, 9, 41, 8], [7, 3, 99], [12, 13, 14, 15]]
-COMPLETIONS = [[30, 31, 2], [44], [50, 51], [60, 2], [70, 71, 72, 73], [80]]  # chosen x3, rejected x3
+COMPLETIONS = [
+    [30, 31, 2],
+    [44],
+    [50, 51],
+    [60, 2],
+    [70, 71, 72, 73],
+    [80],
+]  # chosen x3, rejected x3
 
 
 def concatenated_logps(model, prompts, completions, pad_id):
@@ -35,8 +42,16 @@ def test_shared_prompt_matches_concatenated_forward_values_and_gradients(tiny_mo
 
     model, tok = tiny_model_and_tokenizer
     torch.manual_seed(0)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                             init_lora_weights=False, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj"],
+            init_lora_weights=False,
+            task_type="CAUSAL_LM",
+        ),
+    )
     params = [p for p in model.parameters() if p.requires_grad]
 
     model.zero_grad()
@@ -51,7 +66,7 @@ def test_shared_prompt_matches_concatenated_forward_values_and_gradients(tiny_mo
     for r, comp in enumerate(COMPLETIONS):
         assert targets[r, : len(comp)].tolist() == comp
         torch.testing.assert_close(lp[r, : len(comp)], ref[r].detach(), atol=1e-5, rtol=1e-5)
-        assert (lp[r, len(comp):] == 0).all()
+        assert (lp[r, len(comp) :] == 0).all()
     lp.sum().backward()
     assert any(g.abs().max() > 0 for g in g_ref)
     for a, b in zip(params, g_ref, strict=True):
@@ -84,7 +99,7 @@ def _batch(rows, completion_starts):
     for i, (r, s) in enumerate(zip(rows, completion_starts, strict=True)):
         ids[i, : len(r)] = torch.tensor(r)
         att[i, : len(r)] = 1
-        comp[i, s: len(r)] = 1
+        comp[i, s : len(r)] = 1
     return ids, att, comp
 
 

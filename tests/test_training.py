@@ -433,14 +433,29 @@ def test_dpo_compact_lm_head_equals_stock_and_projects_only_completions(
     model, tokenizer = tiny_model_and_tokenizer
     rows = [r for r in tiny_pref_rows if r["lang"] in ("en", "zh")][:4]
     torch.manual_seed(0)
-    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
-                      init_lora_weights=False, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj"],
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
-    args = DPOConfig(output_dir=str(tmp_path / "dpo"), per_device_train_batch_size=4, max_length=2048,
-                     beta=0.1, remove_unused_columns=False, report_to="none", use_cpu=True,
-                     gradient_checkpointing=False, precompute_ref_log_probs=False)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer)
+    args = DPOConfig(
+        output_dir=str(tmp_path / "dpo"),
+        per_device_train_batch_size=4,
+        max_length=2048,
+        beta=0.1,
+        remove_unused_columns=False,
+        report_to="none",
+        use_cpu=True,
+        gradient_checkpointing=False,
+        precompute_ref_log_probs=False,
+    )
+    trainer = DPOTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
     batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}
     projected = []
@@ -458,7 +473,9 @@ def test_dpo_compact_lm_head_equals_stock_and_projects_only_completions(
         loss = trainer._compute_loss(model, dict(batch), return_outputs=False)
         loss = loss[0] if isinstance(loss, tuple) else loss
         loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return loss.detach(), {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad
+        }
 
     loss_s, g_s = loss_grads()
     stock_rows = list(projected)
@@ -651,14 +668,30 @@ def test_dpo_shared_prompt_equals_stock_loss_metrics_and_gradients(
     neg = [r for r in tiny_pref_rows if r["sample_id"].endswith(".neg") and r["lang"] != "en"][:2]
     rows = pos + neg
     torch.manual_seed(0)
-    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
-                      init_lora_weights=False, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj"],
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
-    args = DPOConfig(output_dir=str(tmp_path / "dpo"), per_device_train_batch_size=4, max_length=2048,
-                     beta=0.1, loss_type=["sigmoid"], remove_unused_columns=False, report_to="none",
-                     use_cpu=True, gradient_checkpointing=False, precompute_ref_log_probs=False)
-    trainer = training._dpo_classes()[1](model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                         processing_class=tokenizer)
+    args = DPOConfig(
+        output_dir=str(tmp_path / "dpo"),
+        per_device_train_batch_size=4,
+        max_length=2048,
+        beta=0.1,
+        loss_type=["sigmoid"],
+        remove_unused_columns=False,
+        report_to="none",
+        use_cpu=True,
+        gradient_checkpointing=False,
+        precompute_ref_log_probs=False,
+    )
+    trainer = training._dpo_classes()[1](
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
     batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}
     # TRL keeps a copy of a passed-in adapter as the reference ("ref"); move the policy away from it.
@@ -672,7 +705,9 @@ def test_dpo_shared_prompt_equals_stock_loss_metrics_and_gradients(
     model.train()
     calls = []
     real = training.shared_prompt_logits
-    monkeypatch.setattr(training, "shared_prompt_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        training, "shared_prompt_logits", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
 
     def run(share: bool):
         trainer.xl_share_prompt = share
@@ -690,9 +725,18 @@ def test_dpo_shared_prompt_equals_stock_loss_metrics_and_gradients(
     assert calls == [1, 1]  # policy and reference
     torch.testing.assert_close(loss_o, loss_s, atol=1e-6, rtol=0)
     assert abs(m_s["rewards/margins"]) > 0
-    assert m_o.keys() >= {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                          "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected",
-                          "entropy", "mean_token_accuracy"}
+    assert m_o.keys() >= {
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+        "logits/chosen",
+        "logits/rejected",
+        "entropy",
+        "mean_token_accuracy",
+    }
     for key, value in m_s.items():
         if key != "num_tokens":
             assert m_o[key] == pytest.approx(value, abs=1e-4), key

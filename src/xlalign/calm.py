@@ -891,7 +891,13 @@ def score(preds: pd.DataFrame) -> dict:
 
 
 # Our variant names -> the block names of the transcribed CALM Tables 1 and 3 (data/paper).
-PAPER_BLOCKS = {"base": "base", "sft": "sft", "calm": "calm", "gt_sft": "sft_gt", "gt_dpo": "dpo_gt"}
+PAPER_BLOCKS = {
+    "base": "base",
+    "sft": "sft",
+    "calm": "calm",
+    "gt_sft": "sft_gt",
+    "gt_dpo": "dpo_gt",
+}
 
 
 def results_table(

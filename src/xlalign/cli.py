@@ -34,9 +34,16 @@ def cmd_prepare_model(args) -> None:
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     load_model(profile)
-    print(json.dumps({"model": profile.model.name, "first_load_s": round(first, 1),
-                      "cached_load_s": round(time.perf_counter() - t0, 1),
-                      "parameters": model.num_parameters()}))
+    print(
+        json.dumps(
+            {
+                "model": profile.model.name,
+                "first_load_s": round(first, 1),
+                "cached_load_s": round(time.perf_counter() - t0, 1),
+                "parameters": model.num_parameters(),
+            }
+        )
+    )
 
 
 def cmd_build_data(args) -> None:
@@ -67,9 +74,18 @@ def cmd_train(args) -> None:
 
         tok = load_tokenizer(profile)
     data = build_probe_data(profile, tok)
-    label = args.label or f"{profile.train.method}-{profile.train.batching}-bs{profile.train.batch_size}"
-    res = train_preference(profile, data.train_dataset(), run.path / "train" / label, model=model,
-                           tokenizer=tok, resume=True)
+    label = (
+        args.label
+        or f"{profile.train.method}-{profile.train.batching}-bs{profile.train.batch_size}"
+    )
+    res = train_preference(
+        profile,
+        data.train_dataset(),
+        run.path / "train" / label,
+        model=model,
+        tokenizer=tok,
+        resume=True,
+    )
     print(json.dumps(res.to_dict()))
 
 
@@ -102,7 +118,9 @@ def cmd_validate(args) -> None:
         load_profile(name)
     for overlay in sorted((CONFIG_DIR / "ablations").glob("*.yaml")):
         load_profile("paper", overlays=[str(overlay)])
-    print(f"ok: {len(names)} profiles, {len(list((CONFIG_DIR / 'ablations').glob('*.yaml')))} overlays")
+    print(
+        f"ok: {len(names)} profiles, {len(list((CONFIG_DIR / 'ablations').glob('*.yaml')))} overlays"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,14 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name, fn, help_):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("--profile", default="cpu", help="cpu | smoke | paper | path/to/profile.yaml")
+        p.add_argument(
+            "--profile", default="cpu", help="cpu | smoke | paper | path/to/profile.yaml"
+        )
         p.add_argument("--overlay", action="append", help="configs/ablations/<name>.yaml overlay")
         p.add_argument("--run-dir", default=None, help="an existing or new run directory")
         p.add_argument("overrides", nargs="*", help="section.key=value overrides")
         p.set_defaults(fn=fn)
         return p
 
-    add("prepare-model", cmd_prepare_model, "convert and cache the profile's model, print load times")
+    add(
+        "prepare-model",
+        cmd_prepare_model,
+        "convert and cache the profile's model, print load times",
+    )
     add("build-data", cmd_build_data, "build the probe datasets into a run directory")
     p = add("train", cmd_train, "train one adapter (the accelerate entry point)")
     p.add_argument("--label", default=None)
@@ -141,8 +165,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.fn(args)
-    except (ConfigError, ModelUnavailableError, CorpusError, AlignmentError, NotebookFailed,
-            FileExistsError, FileNotFoundError) as exc:
+    except (
+        ConfigError,
+        ModelUnavailableError,
+        CorpusError,
+        AlignmentError,
+        NotebookFailed,
+        FileExistsError,
+        FileNotFoundError,
+    ) as exc:
         # One line naming the problem and the fix; no traceback wall for expected errors.
         print(f"xlalign: error: {exc}", file=sys.stderr)
         return 2

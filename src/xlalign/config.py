@@ -40,7 +40,9 @@ class ModelSection:
     revision: str | None = None
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
     quantization: str = "none"  # none | nf4 (QLoRA: 4-bit NF4, double-quantized)
-    prompt_format: str = "auto"  # auto | plain | chat (auto: chat template if the tokenizer has one)
+    prompt_format: str = (
+        "auto"  # auto | plain | chat (auto: chat template if the tokenizer has one)
+    )
     attn_implementation: str = "sdpa"  # sdpa | eager
 
     def __post_init__(self) -> None:
@@ -56,7 +58,9 @@ class LoraSection:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    top_layers: int = 0  # 0: every layer; N: adapters only on the top N layers (cheaper backward on CPU)
+    top_layers: int = (
+        0  # 0: every layer; N: adapters only on the top N layers (cheaper backward on CPU)
+    )
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -76,8 +80,12 @@ class DataSection:
     test_fraction: float = 0.3  # split by topic, never by item
     localized_instruction: bool = False  # paper: English instruction fixed (A.3.3)
     max_prompt_tokens: int = 4096
-    overlong: str = "refuse"  # refuse | drop_group: what to do when a prompt exceeds max_prompt_tokens
-    mt_langs: list[str] = field(default_factory=list)  # C.2: languages machine-translated from English
+    overlong: str = (
+        "refuse"  # refuse | drop_group: what to do when a prompt exceeds max_prompt_tokens
+    )
+    mt_langs: list[str] = field(
+        default_factory=list
+    )  # C.2: languages machine-translated from English
     translator: str = "fake"  # fake | identity | hf:<hub id of an MT model>
 
     def __post_init__(self) -> None:
@@ -93,7 +101,9 @@ class DataSection:
                 )
         overlap = set(self.train_langs) & set(self.unseen_langs)
         if overlap:
-            raise ConfigError(f"data: {sorted(overlap)} cannot be both training and unseen languages")
+            raise ConfigError(
+                f"data: {sorted(overlap)} cannot be both training and unseen languages"
+            )
 
 
 @dataclass
@@ -115,7 +125,9 @@ class TrainSection:
     max_length: int = 4096
     optim: str = "adamw_torch"
     orpo_nll_scope: str = "full"  # full (TRL 1.16 stock: chosen prompt+response) | completion
-    share_prompt: bool = True  # encode a pair's prompt once for both completions (same values, less compute)
+    share_prompt: bool = (
+        True  # encode a pair's prompt once for both completions (same values, less compute)
+    )
 
     def __post_init__(self) -> None:
         _choice(self.method, ("dpo", "orpo", "sft"), "train.method")
@@ -160,9 +172,13 @@ class CalmSection:
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.1
     lora: LoraSection = field(
-        default_factory=lambda: LoraSection(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj"])
+        default_factory=lambda: LoraSection(
+            r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj"]
+        )
     )
-    batching: str = "shuffled"  # shuffled | aligned (beyond the paper: one question's pairs per batch)
+    batching: str = (
+        "shuffled"  # shuffled | aligned (beyond the paper: one question's pairs per batch)
+    )
     max_questions: int = 0  # 0: every question
     incremental: bool = True  # Table 10: add training languages one at a time
 
@@ -294,7 +310,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         full = f"{prefix}.{key}" if prefix else key
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(names)}"
+            hint = (
+                f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(names)}"
+            )
             raise ConfigError(f"unknown profile key {full!r}{hint}")
         kwargs[key] = _coerce(value, hints[key], full)
     try:
@@ -360,7 +378,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str] | dict[str, Any]) -> dict:
-    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    items = (
+        overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    )
     out = dict(data)
     for key, value in items:
         parts = key.split(".") if isinstance(key, str) else key

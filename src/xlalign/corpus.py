@@ -84,7 +84,10 @@ def parse_record(raw: dict, where: str, lang: str) -> TopicRecord:
         lang=lang,
         title=_nonempty(raw["title"], where, "title"),
         passage=_nonempty(raw["passage"], where, "passage"),
-        questions=(_nonempty(qs[0], where, "questions[0]"), _nonempty(qs[1], where, "questions[1]")),
+        questions=(
+            _nonempty(qs[0], where, "questions[0]"),
+            _nonempty(qs[1], where, "questions[1]"),
+        ),
         mcq_question=_nonempty(mcq["question"], where, "mcq.question"),
         mcq_options=tuple(_nonempty(o, where, f"mcq.options[{i}]") for i, o in enumerate(opts)),
         mcq_answer=mcq["answer"],
@@ -101,7 +104,9 @@ def read_jsonl(path: Path, lang: str) -> list[TopicRecord]:
             try:
                 raw = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise CorpusError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from exc
+                raise CorpusError(
+                    f"{where}: malformed JSON ({exc.msg} at column {exc.colno})"
+                ) from exc
             if not isinstance(raw, dict):
                 raise CorpusError(f"{where}: each line must be a JSON object")
             records.append(parse_record(raw, where, lang))
@@ -133,7 +138,9 @@ def load_corpus(path: str | Path, langs: list[str]) -> dict[str, dict[str, Topic
                 raise CorpusError(f"{path_l}: missing; every domain needs every language")
             for rec in read_jsonl(path_l, lang):
                 if rec.id in seen_ids:
-                    raise CorpusError(f"{path_l}: duplicate id {rec.id!r} (also in {seen_ids[rec.id]})")
+                    raise CorpusError(
+                        f"{path_l}: duplicate id {rec.id!r} (also in {seen_ids[rec.id]})"
+                    )
                 seen_ids[rec.id] = str(path_l)
                 if rec.domain != ddir.name:
                     raise CorpusError(
@@ -155,7 +162,9 @@ def validate_parallel(corpus: dict[str, dict[str, TopicRecord]]) -> None:
         missing = sorted(set(ref) - set(corpus[lang]))
         extra = sorted(set(corpus[lang]) - set(ref))
         if missing:
-            raise CorpusError(f"topic(s) {missing[:5]} missing in language {lang!r} (present in {ref_lang})")
+            raise CorpusError(
+                f"topic(s) {missing[:5]} missing in language {lang!r} (present in {ref_lang})"
+            )
         if extra:
             raise CorpusError(f"topic(s) {extra[:5]} in {lang!r} are missing in {ref_lang!r}")
         for tid, rec in corpus[lang].items():
@@ -178,7 +187,11 @@ def summary(corpus: dict[str, dict[str, TopicRecord]]) -> dict:
     }
     if "en" in corpus:
         words = [len(r.passage.split()) for r in corpus["en"].values()]
-        out["en_passage_words"] = {"min": min(words), "mean": sum(words) / len(words), "max": max(words)}
+        out["en_passage_words"] = {
+            "min": min(words),
+            "mean": sum(words) / len(words),
+            "max": max(words),
+        }
     chars = defaultdict(list)
     for lang, recs in corpus.items():
         chars[lang] = [len(r.passage) for r in recs.values()]
@@ -186,7 +199,9 @@ def summary(corpus: dict[str, dict[str, TopicRecord]]) -> dict:
     return out
 
 
-def english_word_check(corpus: dict[str, dict[str, TopicRecord]], lo: int = 60, hi: int = 120) -> list:
+def english_word_check(
+    corpus: dict[str, dict[str, TopicRecord]], lo: int = 60, hi: int = 120
+) -> list:
     """Topics whose English passage is outside the 60-120 word range the design asks for."""
     return [
         (t, len(r.passage.split()))

@@ -38,7 +38,9 @@ def build_probe_data(profile: Profile, tokenizer=None) -> ProbeData:
     d = profile.data
     langs_test = list(dict.fromkeys(d.train_langs + d.unseen_langs + d.mt_langs))
     corpus = load_corpus(d.corpus_dir, langs_test)
-    topics = probe.select_topics(corpus["en" if "en" in corpus else langs_test[0]], d.domains, d.topics_per_domain)
+    topics = probe.select_topics(
+        corpus["en" if "en" in corpus else langs_test[0]], d.domains, d.topics_per_domain
+    )
     corpus = {lang: {t: recs[t] for t in topics} for lang, recs in corpus.items()}
     samples = probe.build_samples(topics, d.k, profile.seed)
     split = probe.split_topics(topics, d.test_fraction, profile.seed)
@@ -81,7 +83,9 @@ def build_probe_data(profile: Profile, tokenizer=None) -> ProbeData:
 
 def token_length_table(rows: list[dict], tokenizer) -> pd.DataFrame:
     """Prompt token lengths per language for the profile's tokenizer (mean, max, ratio to English)."""
-    df = pd.DataFrame({"lang": [r["lang"] for r in rows], "tokens": probe.token_lengths(rows, tokenizer)})
+    df = pd.DataFrame(
+        {"lang": [r["lang"] for r in rows], "tokens": probe.token_lengths(rows, tokenizer)}
+    )
     table = df.groupby("lang", sort=False)["tokens"].agg(["mean", "median", "max"]).round(1)
     if "en" in table.index:
         table["ratio_to_en"] = (table["mean"] / table.loc["en", "mean"]).round(2)
@@ -111,5 +115,7 @@ def load_probe_split(out_dir: Path, name: str):
 
     path = out_dir / name
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found; run the dataset step (notebook 01) for this run first")
+        raise FileNotFoundError(
+            f"{path} not found; run the dataset step (notebook 01) for this run first"
+        )
     return load_from_disk(str(path))

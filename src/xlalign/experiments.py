@@ -58,8 +58,15 @@ def eval_subset(rows: list[dict], langs: list[str], max_per_lang: int, seed: int
 # --------------------------------------------------------------------------- evaluate / train
 
 
-def evaluate(profile: Profile, run: Run, label: str, rows: list[dict], adapter_dir=None, model=None,
-             tokenizer=None) -> pd.DataFrame:
+def evaluate(
+    profile: Profile,
+    run: Run,
+    label: str,
+    rows: list[dict],
+    adapter_dir=None,
+    model=None,
+    tokenizer=None,
+) -> pd.DataFrame:
     """Evaluate base or adapter model on ``rows``; predictions go to ``eval/<label>/predictions.jsonl``."""
     from xlalign.evaluation import evaluate_probe, load_eval_model
 
@@ -73,9 +80,16 @@ def evaluate(profile: Profile, run: Run, label: str, rows: list[dict], adapter_d
     t0 = time.perf_counter()
     if model is None:
         model, tokenizer = load_eval_model(profile, adapter_dir)
-    df = evaluate_probe(model, tokenizer, rows, out, mode=profile.eval.mode,
-                        prompt_format=profile.model.prompt_format, batch_size=profile.eval.batch_size,
-                        max_new_tokens=profile.eval.max_new_tokens)
+    df = evaluate_probe(
+        model,
+        tokenizer,
+        rows,
+        out,
+        mode=profile.eval.mode,
+        prompt_format=profile.model.prompt_format,
+        batch_size=profile.eval.batch_size,
+        max_new_tokens=profile.eval.max_new_tokens,
+    )
     run.step(f"eval/{label}", wall_time_s=round(time.perf_counter() - t0, 1), items=len(df))
     return df
 
@@ -113,13 +127,19 @@ def train(profile: Profile, run: Run, label: str, data: ProbeData) -> dict:
         run.step(f"train/{label}", reused=str(twin.relative_to(run.path)))
         return json.loads((twin / "train_result.json").read_text())
     res = train_preference(profile, data.train_dataset(), out, resume=True)
-    run.step(f"train/{label}", wall_time_s=round(res.wall_time_s, 1), steps=res.steps,
-             tokens_per_s=round(res.tokens_per_s, 1))
+    run.step(
+        f"train/{label}",
+        wall_time_s=round(res.wall_time_s, 1),
+        steps=res.steps,
+        tokens_per_s=round(res.tokens_per_s, 1),
+    )
     gc.collect()
     return res.to_dict()
 
 
-def train_and_evaluate(profile: Profile, run: Run, label: str, data: ProbeData, langs: list[str]) -> dict:
+def train_and_evaluate(
+    profile: Profile, run: Run, label: str, data: ProbeData, langs: list[str]
+) -> dict:
     info = train(profile, run, label, data)
     rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
     preds = evaluate(profile, run, adapter_label(info), rows, adapter_dir=info["adapter_dir"])
@@ -136,10 +156,26 @@ def compare(preds_a: pd.DataFrame, preds_b: pd.DataFrame, alpha: float) -> pd.Da
     return res
 
 
-def probe_tidy(preds: pd.DataFrame, table: str, block: str, model: str, langs: list[str], profile: Profile,
-               baseline: pd.DataFrame | None = None) -> pd.DataFrame:
-    return tables.probe_table(preds, table, block, model, langs, with_ci=True, baseline=baseline,
-                              seed=profile.seed, n_resamples=profile.eval.n_bootstrap)
+def probe_tidy(
+    preds: pd.DataFrame,
+    table: str,
+    block: str,
+    model: str,
+    langs: list[str],
+    profile: Profile,
+    baseline: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    return tables.probe_table(
+        preds,
+        table,
+        block,
+        model,
+        langs,
+        with_ci=True,
+        baseline=baseline,
+        seed=profile.seed,
+        n_resamples=profile.eval.n_bootstrap,
+    )
 
 
 def write_tables(run: Run, stem: str, tidy: pd.DataFrame) -> dict:
@@ -149,7 +185,9 @@ def write_tables(run: Run, stem: str, tidy: pd.DataFrame) -> dict:
     return {k: str(v) for k, v in (paths.items() if isinstance(paths, dict) else enumerate(paths))}
 
 
-def load_run_profile(run_dir: str | Path, name: str, overrides: list[str] = ()) -> tuple[Profile, Run]:
+def load_run_profile(
+    run_dir: str | Path, name: str, overrides: list[str] = ()
+) -> tuple[Profile, Run]:
     """Notebook helper: the profile (with overrides) and the run directory it writes into."""
     from xlalign.runs import start_run
 
@@ -165,14 +203,30 @@ def replace_model(profile: Profile, name: str) -> Profile:
 # --------------------------------------------------------------------------- notebook 03
 
 
-def probe_for_method(results: dict, baseline: pd.DataFrame, profile: Profile, langs: list[str]) -> pd.DataFrame:
+def probe_for_method(
+    results: dict, baseline: pd.DataFrame, profile: Profile, langs: list[str]
+) -> pd.DataFrame:
     """Tables 6/8 layout: baseline, <method>_default (uncoupled), <method>_ours (aligned, deltas vs default)."""
     name = profile.model.name
     parts = [probe_tidy(baseline, "ours_t06_08", "baseline", name, langs, profile)]
     for method in profile.experiments.methods:
-        default = probe_tidy(results[method, "uncoupled"]["preds"], "ours_t06_08", f"{method}_default", name, langs, profile)
-        ours = probe_tidy(results[method, "aligned"]["preds"], "ours_t06_08", f"{method}_ours", name, langs, profile,
-                          baseline=default)
+        default = probe_tidy(
+            results[method, "uncoupled"]["preds"],
+            "ours_t06_08",
+            f"{method}_default",
+            name,
+            langs,
+            profile,
+        )
+        ours = probe_tidy(
+            results[method, "aligned"]["preds"],
+            "ours_t06_08",
+            f"{method}_ours",
+            name,
+            langs,
+            profile,
+            baseline=default,
+        )
         parts += [default, ours]
     return pd.concat(parts, ignore_index=True)
 
@@ -188,7 +242,9 @@ def training_curves(results: dict):
             continue
         rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
         steps = [r for r in rows if "loss" in r]
-        ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label=f"{method} {batching}")
+        ax.plot(
+            [r["step"] for r in steps], [r["loss"] for r in steps], label=f"{method} {batching}"
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.legend()
@@ -227,12 +283,30 @@ def ablation_batch_size(profile: Profile, run: Run, data: ProbeData) -> dict:
     default_tidy = probe_tidy(default, "ours_t12_13", f"{method}_default", name, langs, profile)
     table = pd.concat(cells + [default_tidy], ignore_index=True)
     # Figure 6 layout: one block per method, bs_N columns = Rest (avg.) at batch size N, rest_avg = default.
-    rest = {c["batch_size"].iloc[0]: float(c.loc[c["column"] == "rest_avg", "value"].iloc[0]) for c in cells}
-    fig_rows = [{"table": "ours_t12_13", "block": method, "model": name, "column": f"bs_{b}", "value": v}
-                for b, v in rest.items() if b >= 2]
-    fig_rows.append({"table": "ours_t12_13", "block": method, "model": name, "column": "rest_avg",
-                     "value": float(default_tidy.loc[default_tidy["column"] == "rest_avg", "value"].iloc[0])})
-    return {"table": table, "figure_data": pd.DataFrame(fig_rows), "preds": preds, "default": default}
+    rest = {
+        c["batch_size"].iloc[0]: float(c.loc[c["column"] == "rest_avg", "value"].iloc[0])
+        for c in cells
+    }
+    fig_rows = [
+        {"table": "ours_t12_13", "block": method, "model": name, "column": f"bs_{b}", "value": v}
+        for b, v in rest.items()
+        if b >= 2
+    ]
+    fig_rows.append(
+        {
+            "table": "ours_t12_13",
+            "block": method,
+            "model": name,
+            "column": "rest_avg",
+            "value": float(default_tidy.loc[default_tidy["column"] == "rest_avg", "value"].iloc[0]),
+        }
+    )
+    return {
+        "table": table,
+        "figure_data": pd.DataFrame(fig_rows),
+        "preds": preds,
+        "default": default,
+    }
 
 
 def ablation_english(profile: Profile, run: Run, data: ProbeData, batch_size_result: dict) -> dict:
@@ -246,11 +320,18 @@ def ablation_english(profile: Profile, run: Run, data: ProbeData, batch_size_res
     info = train(p, run, "ablation-no-english", data)
     without = evaluate(p, run, "ablation-no-english", rows, adapter_dir=info["adapter_dir"])
     with_en = batch_size_result["preds"][max(batch_size_result["preds"])]
-    table = pd.concat([
-        probe_tidy(with_en, "ours_t09_10", f"with_english_{method}", name, langs, profile),
-        probe_tidy(without, "ours_t09_10", f"without_english_{method}", name, langs, profile),
-    ], ignore_index=True)
-    return {"table": table, "figure_data": table, "mcnemar": compare(without, with_en, profile.eval.alpha)}
+    table = pd.concat(
+        [
+            probe_tidy(with_en, "ours_t09_10", f"with_english_{method}", name, langs, profile),
+            probe_tidy(without, "ours_t09_10", f"without_english_{method}", name, langs, profile),
+        ],
+        ignore_index=True,
+    )
+    return {
+        "table": table,
+        "figure_data": table,
+        "mcnemar": compare(without, with_en, profile.eval.alpha),
+    }
 
 
 def ablation_machine_translated(profile: Profile, run: Run) -> dict:
@@ -266,14 +347,21 @@ def ablation_machine_translated(profile: Profile, run: Run) -> dict:
     for batching in ("uncoupled", "aligned"):
         p = profile_for(p_al, batching=batching)
         info = train(p, run, f"ablation-mt-{batching}", data)
-        out[batching] = evaluate(p, run, f"ablation-mt-{batching}", rows, adapter_dir=info["adapter_dir"])
+        out[batching] = evaluate(
+            p, run, f"ablation-mt-{batching}", rows, adapter_dir=info["adapter_dir"]
+        )
     method = profile.experiments.ablation_method
     default = probe_tidy(out["uncoupled"], "ours_t11", f"{method}_default", name, langs, profile)
-    table = pd.concat([
-        probe_tidy(base, "ours_t11", "baseline", name, langs, profile),
-        default,
-        probe_tidy(out["aligned"], "ours_t11", f"{method}_ours", name, langs, profile, baseline=default),
-    ], ignore_index=True)
+    table = pd.concat(
+        [
+            probe_tidy(base, "ours_t11", "baseline", name, langs, profile),
+            default,
+            probe_tidy(
+                out["aligned"], "ours_t11", f"{method}_ours", name, langs, profile, baseline=default
+            ),
+        ],
+        ignore_index=True,
+    )
     return {"table": table, "figure_data": table, "translator": p_al.data.translator}
 
 
@@ -301,8 +389,13 @@ def unseen_languages(profile: Profile, run: Run) -> dict:
     base = evaluate(profile, run, f"baseline-{name}", rows)  # reuses notebook 02's predictions
     ours = evaluate(profile, run, f"{label}-unseen", rows, adapter_dir=info["adapter_dir"])
     base_t = probe_tidy(base, "ours_t07", "baseline", name, langs, profile)
-    table = pd.concat([base_t, probe_tidy(ours, "ours_t07", f"{method}_ours", name, langs, profile, baseline=base_t)],
-                      ignore_index=True)
+    table = pd.concat(
+        [
+            base_t,
+            probe_tidy(ours, "ours_t07", f"{method}_ours", name, langs, profile, baseline=base_t),
+        ],
+        ignore_index=True,
+    )
     return {"table": table, "mcnemar": compare(base, ours, profile.eval.alpha)}
 
 
@@ -316,16 +409,22 @@ def out_of_domain(profile: Profile, run: Run) -> pd.DataFrame:
     if profile.experiments.benchmarks:
         tasks, include = list(profile.experiments.benchmarks), None
     else:
-        tasks = benchmarks.paper_task_names(list(benchmarks.LOCAL_TASKS), ["en", "es"],
-                                            registry=benchmarks.LOCAL_TASKS)
+        tasks = benchmarks.paper_task_names(
+            list(benchmarks.LOCAL_TASKS), ["en", "es"], registry=benchmarks.LOCAL_TASKS
+        )
         include = str(benchmarks.LOCAL_TASKS_DIR)
     limit = profile.experiments.benchmark_limit or None
     frames = []
-    for label, adapter_dir in (("baseline", None), (f"{method}_ours", adapter if adapter.exists() else None)):
+    for label, adapter_dir in (
+        ("baseline", None),
+        (f"{method}_ours", adapter if adapter.exists() else None),
+    ):
         if label != "baseline" and adapter_dir is None:
             continue
         model, tok = load_eval_model(profile, adapter_dir)
-        res = benchmarks.run_benchmarks(model, tok, tasks, limit=limit, include_path=include, seed=profile.seed)
+        res = benchmarks.run_benchmarks(
+            model, tok, tasks, limit=limit, include_path=include, seed=profile.seed
+        )
         frames.append(pd.DataFrame(res["rows"]).assign(block=label))
         del model
         gc.collect()

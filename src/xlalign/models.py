@@ -50,7 +50,9 @@ PRESETS: dict[str, ModelPreset] = {
         ModelPreset("tiny-random", "tiny_random", params_b=0.0, note="tests only; random weights"),
         # The papers' models. Revisions are pinned where we could verify the commit hash; the
         # others record the commit they resolve to in every run record (runs.py).
-        ModelPreset("mistral-7b-instruct-v0.1", "hub", "mistralai/Mistral-7B-Instruct-v0.1", None, 7),
+        ModelPreset(
+            "mistral-7b-instruct-v0.1", "hub", "mistralai/Mistral-7B-Instruct-v0.1", None, 7
+        ),
         ModelPreset(
             "mistral-7b-instruct-v0.2",
             "hub",
@@ -75,7 +77,9 @@ PRESETS: dict[str, ModelPreset] = {
             "8afb486c1db24fe5011ec46dfbe5b5dccdb575c2",
             8,
         ),
-        ModelPreset("llama-3-70b-instruct", "hub", "meta-llama/Meta-Llama-3-70B-Instruct", None, 70),
+        ModelPreset(
+            "llama-3-70b-instruct", "hub", "meta-llama/Meta-Llama-3-70B-Instruct", None, 70
+        ),
         ModelPreset(
             "llama-3.1-8b-instruct",
             "hub",
@@ -182,7 +186,9 @@ def convert_gguf(gguf: Path, out: Path, source_sha: str) -> Path:
     t0 = time.perf_counter()
     log.info("converting %s (one time, about 40 s for Gemma-3-270M)", gguf.name)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    gmodel = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    gmodel = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
     config = gmodel.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -33,8 +33,13 @@ def _failed_cell(nb_path: Path) -> str:
     return "an unknown cell"
 
 
-def run_notebooks(profile: Profile, run: Run, only: list[str] | None = None, overrides: list[str] = (),
-                  progress: bool = True) -> dict[str, float]:
+def run_notebooks(
+    profile: Profile,
+    run: Run,
+    only: list[str] | None = None,
+    overrides: list[str] = (),
+    progress: bool = True,
+) -> dict[str, float]:
     """Execute every notebook (or those whose name starts with one of ``only``); returns wall times."""
     import papermill as pm
 
@@ -56,8 +61,12 @@ def run_notebooks(profile: Profile, run: Run, only: list[str] | None = None, ove
             pm.execute_notebook(
                 str(nb),
                 str(target),
-                parameters={"PROFILE": profile.name, "RUN_DIR": str(run.path), "SEED": profile.seed,
-                            "OVERRIDES": list(overrides)},
+                parameters={
+                    "PROFILE": profile.name,
+                    "RUN_DIR": str(run.path),
+                    "SEED": profile.seed,
+                    "OVERRIDES": list(overrides),
+                },
                 kernel_name="python3",
                 cwd=str(NOTEBOOK_DIR),
                 progress_bar=progress,
@@ -65,7 +74,9 @@ def run_notebooks(profile: Profile, run: Run, only: list[str] | None = None, ove
             )
         except pm.PapermillExecutionError as exc:
             wall = round(time.perf_counter() - t0, 1)
-            run.step(key, status="failed", wall_time_s=wall, error=f"{exc.ename}: {exc.evalue}"[:500])
+            run.step(
+                key, status="failed", wall_time_s=wall, error=f"{exc.ename}: {exc.evalue}"[:500]
+            )
             raise NotebookFailed(
                 f"{nb.name} failed at {_failed_cell(target)}; executed copy: {target}. Fix the cause and "
                 f"rerun with --run-id {run.id} to resume from this notebook"
@@ -77,8 +88,12 @@ def run_notebooks(profile: Profile, run: Run, only: list[str] | None = None, ove
     return times
 
 
-def reproduce(profile: Profile, run_id: str | None = None, only: list[str] | None = None,
-              overrides: list[str] = ()) -> Run:
+def reproduce(
+    profile: Profile,
+    run_id: str | None = None,
+    only: list[str] | None = None,
+    overrides: list[str] = (),
+) -> Run:
     """``make reproduce``: one run directory, every notebook, the report last."""
     run_dir = Path(profile.run_root) / run_id if run_id else None
     resume = bool(run_id) and (REPO_ROOT / profile.run_root / run_id / "run.json").exists()
@@ -89,6 +104,11 @@ def reproduce(profile: Profile, run_id: str | None = None, only: list[str] | Non
     except NotebookFailed:
         run.finish(status="failed")
         raise
-    run.finish(status="ok", notebook_wall_times_s=times, total_wall_time_s=round(sum(times.values()), 1))
-    print(f"[xlalign] done in {sum(times.values()):.0f} s; report: {run.path / 'report.md'}", flush=True)
+    run.finish(
+        status="ok", notebook_wall_times_s=times, total_wall_time_s=round(sum(times.values()), 1)
+    )
+    print(
+        f"[xlalign] done in {sum(times.values()):.0f} s; report: {run.path / 'report.md'}",
+        flush=True,
+    )
     return run

@@ -97,9 +97,14 @@ def build_samples(topics: dict[str, TopicRecord], k: int, seed: int) -> list[Pro
             pos_docs = [tid] + list(rng.choice(others, size=k - 1, replace=False))
             rng.shuffle(pos_docs)
             neg_docs = list(rng.choice(others, size=k, replace=False))
-            for label, docs, tag in ((ANSWER_PRESENT, pos_docs, "pos"), (ANSWER_ABSENT, neg_docs, "neg")):
+            for label, docs, tag in (
+                (ANSWER_PRESENT, pos_docs, "pos"),
+                (ANSWER_ABSENT, neg_docs, "neg"),
+            ):
                 samples.append(
-                    ProbeSample(f"{qid}.{tag}", qid, tid, domain, qi, label, tuple(str(d) for d in docs))
+                    ProbeSample(
+                        f"{qid}.{tag}", qid, tid, domain, qi, label, tuple(str(d) for d in docs)
+                    )
                 )
     return samples
 
@@ -118,12 +123,15 @@ def split_topics(topics: dict[str, TopicRecord], test_fraction: float, seed: int
     return split
 
 
-def format_prompt(sample: ProbeSample, corpus_lang: dict[str, TopicRecord], lang: str, localized: bool) -> str:
+def format_prompt(
+    sample: ProbeSample, corpus_lang: dict[str, TopicRecord], lang: str, localized: bool
+) -> str:
     query_rec = corpus_lang[sample.topic_id]
     question = query_rec.questions[sample.question_index - 1]
     instruction = INSTRUCTION_LOCAL[lang] if localized else INSTRUCTION_EN
     contexts = "\n".join(
-        f"[{i}] {corpus_lang[t].title}: {corpus_lang[t].passage}" for i, t in enumerate(sample.doc_topics, 1)
+        f"[{i}] {corpus_lang[t].title}: {corpus_lang[t].passage}"
+        for i, t in enumerate(sample.doc_topics, 1)
     )
     return f"{instruction}\nQUESTION: {question}\nCONTEXTS:\n{contexts}\nOUTPUT:"
 
@@ -156,7 +164,9 @@ def probe_rows(
     return rows
 
 
-def select_topics(topics: dict[str, TopicRecord], domains: list[str], per_domain: int) -> dict[str, TopicRecord]:
+def select_topics(
+    topics: dict[str, TopicRecord], domains: list[str], per_domain: int
+) -> dict[str, TopicRecord]:
     """Subset for small profiles: chosen domains, first ``per_domain`` topics of each (0: all)."""
     known = sorted({r.domain for r in topics.values()})
     unknown = [d for d in domains if d not in known]
@@ -195,7 +205,11 @@ def preference_rows(rows: list[dict], tokenizer=None, prompt_format: str = "plai
     out = []
     for r in rows:
         other = ANSWER_ABSENT if r["label"] == ANSWER_PRESENT else ANSWER_PRESENT
-        prompt = render_prompt(r["prompt"], tokenizer, prompt_format) if tokenizer else r["prompt"] + "\n"
+        prompt = (
+            render_prompt(r["prompt"], tokenizer, prompt_format)
+            if tokenizer
+            else r["prompt"] + "\n"
+        )
         out.append(
             {
                 "prompt": prompt,
@@ -216,14 +230,23 @@ def token_lengths(rows: list[dict], tokenizer, field: str = "prompt") -> list[in
     return [len(x) for x in enc]
 
 
-def enforce_max_length(rows: list[dict], lengths: list[int], max_tokens: int, policy: str) -> tuple[list, dict]:
+def enforce_max_length(
+    rows: list[dict], lengths: list[int], max_tokens: int, policy: str
+) -> tuple[list, dict]:
     """Apply the over-length policy to whole sample groups, never to single languages.
 
     TRL silently drops examples whose prompt fills ``max_length``; that would drop a long Arabic item
     while keeping its English twin. Here the choice is explicit: refuse, or drop the whole group.
     """
-    long_groups = sorted({r["sample_id"] for r, n in zip(rows, lengths, strict=True) if n >= max_tokens})
-    report = {"max_tokens": max_tokens, "policy": policy, "overlong_groups": long_groups, "dropped_rows": 0}
+    long_groups = sorted(
+        {r["sample_id"] for r, n in zip(rows, lengths, strict=True) if n >= max_tokens}
+    )
+    report = {
+        "max_tokens": max_tokens,
+        "policy": policy,
+        "overlong_groups": long_groups,
+        "dropped_rows": 0,
+    }
     if not long_groups:
         return rows, report
     offenders = [

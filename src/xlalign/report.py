@@ -22,9 +22,19 @@ FIGURE_DIR = Path(os.environ.get("XLALIGN_FIGURES", REPO_ROOT / "figures"))
 FIGURES = [
     ("ba_fig3", "fig3_english_vs_rest", "Fig. 3: English vs Rest (avg.)", "plot_english_vs_rest"),
     ("ba_fig4", "fig4_english_anchor", "Fig. 4: English as anchor", "plot_english_anchor"),
-    ("ba_fig5", "fig5_machine_translated", "Fig. 5: machine-translated languages", "plot_machine_translated"),
+    (
+        "ba_fig5",
+        "fig5_machine_translated",
+        "Fig. 5: machine-translated languages",
+        "plot_machine_translated",
+    ),
     ("ba_fig6", "fig6_batch_size", "Fig. 6: batch size", "plot_batch_size"),
-    ("ba_fig7", "fig7_size_vs_improvement", "Fig. 7: model size vs improvement", "plot_size_vs_improvement"),
+    (
+        "ba_fig7",
+        "fig7_size_vs_improvement",
+        "Fig. 7: model size vs improvement",
+        "plot_size_vs_improvement",
+    ),
 ]
 
 
@@ -82,7 +92,9 @@ def build_report(run: Run, figure_dir: Path = FIGURE_DIR) -> Path:
         ours = figure_dir / f"ours_{stem}.png"
         theirs = figure_dir / f"paper_{stem}.png"
         left = f"![paper]({_rel(theirs, run.path)})" if theirs.exists() else "_missing_"
-        right = f"![ours]({_rel(ours, run.path)})" if ours.exists() else "_not produced in this run_"
+        right = (
+            f"![ours]({_rel(ours, run.path)})" if ours.exists() else "_not produced in this run_"
+        )
         lines += [f"### {title}", "", "| paper | ours |", "|---|---|", f"| {left} | {right} |", ""]
     lines += ["## Tables (ours, with 95% bootstrap CIs)", ""]
     table_dir = run.path / "tables"
@@ -168,7 +180,9 @@ def published_side_by_side(tables_dir: Path) -> dict[str, pd.DataFrame]:
             for r in both.itertuples(index=False)
         ]
         keys_ = ["source", "table", "block", "model"]
-        wide = both.pivot_table(index=keys_, columns="column", values="cell", aggfunc="first", sort=False)
+        wide = both.pivot_table(
+            index=keys_, columns="column", values="cell", aggfunc="first", sort=False
+        )
         wide = wide.reindex(columns=[c for c in columns if c in wide.columns]).fillna("")
         wide.columns.name = None
         out[stem] = wide.reset_index().set_index("source")

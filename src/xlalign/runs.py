@@ -46,7 +46,10 @@ def git_commit(repo: Path = REPO_ROOT) -> dict[str, Any]:
         return res.stdout.strip() if res.returncode == 0 else None
 
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(status) if status is not None else None,
+    }
 
 
 def device_info() -> dict[str, Any]:

@@ -15,15 +15,17 @@ from collections.abc import Sequence
 import torch
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(
+    rows: Sequence[Sequence[int]], pad_id: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token lists -> (ids, mask), padded on the left so that every row ends at the last column."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         if r:
-            ids[i, width - len(r):] = torch.as_tensor(list(r), dtype=torch.long)
-            mask[i, width - len(r):] = 1
+            ids[i, width - len(r) :] = torch.as_tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -45,7 +47,9 @@ def shared_prompt_logits(
     """
     n_prompts = len(prompts)
     if n_prompts == 0 or len(completions) % n_prompts:
-        raise ValueError(f"{len(completions)} completions for {n_prompts} prompts: need n per prompt")
+        raise ValueError(
+            f"{len(completions)} completions for {n_prompts} prompts: need n per prompt"
+        )
     if any(len(p) == 0 for p in prompts) or any(len(c) == 0 for c in completions):
         raise ValueError("every prompt and every completion needs at least one token")
     n = len(completions) // n_prompts
@@ -53,7 +57,9 @@ def shared_prompt_logits(
     ids, mask = left_pad(prompts, pad_id, device)
     # Left padding shifts every real token; positions count real tokens only.
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+    )
     last = out.logits[:, -1]  # (B, V): predicts each completion's first token
 
     # Row order for the continuation pass: interleaved (prompt b, branch k) -> b*n + k, which lines up

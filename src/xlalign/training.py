@@ -69,14 +69,20 @@ class GroupedBatchSampler(Sampler[int]):
         for i, (sid, lang) in enumerate(zip(sample_ids, langs, strict=True)):
             members = groups.setdefault(sid, {})
             if lang in members:
-                raise AlignmentError(f"group {sid!r} holds language {lang!r} twice (rows {members[lang]}, {i})")
+                raise AlignmentError(
+                    f"group {sid!r} holds language {lang!r} twice (rows {members[lang]}, {i})"
+                )
             members[lang] = i
         if not groups:
             raise AlignmentError("the training set is empty")
         self.groups = dict(sorted(groups.items()))
         self.langs = sorted({lang for m in self.groups.values() for lang in m})
         if batching != "clustered" and require_complete:
-            incomplete = {s: sorted(set(self.langs) - set(m)) for s, m in self.groups.items() if len(m) < len(self.langs)}
+            incomplete = {
+                s: sorted(set(self.langs) - set(m))
+                for s, m in self.groups.items()
+                if len(m) < len(self.langs)
+            }
             if incomplete:
                 first = list(incomplete.items())[:5]
                 raise AlignmentError(
@@ -84,9 +90,15 @@ class GroupedBatchSampler(Sampler[int]):
                     "(check the over-length report: drop whole groups, never single languages)"
                 )
         if batching != "clustered":
-            pool = [lang for lang in self.langs if lang != anchor] if not include_english else self.langs
+            pool = (
+                [lang for lang in self.langs if lang != anchor]
+                if not include_english
+                else self.langs
+            )
             if include_english and anchor not in self.langs:
-                raise AlignmentError(f"an English anchor was requested but the data has no {anchor!r} rows")
+                raise AlignmentError(
+                    f"an English anchor was requested but the data has no {anchor!r} rows"
+                )
             if batch_size > len(pool):
                 raise AlignmentError(
                     f"batch_size={batch_size} is larger than the {len(pool)} languages available per group "
@@ -118,11 +130,16 @@ class GroupedBatchSampler(Sampler[int]):
             batches = [flat[i : i + self.batch_size] for i in range(0, len(flat), self.batch_size)]
             batches = [b for b in batches if len(b) == self.batch_size]
         else:
-            batches = [[self.groups[sid][lang] for lang in self._choose_langs(self.groups[sid], rng)] for sid in order]
+            batches = [
+                [self.groups[sid][lang] for lang in self._choose_langs(self.groups[sid], rng)]
+                for sid in order
+            ]
             if self.batching == "uncoupled":
                 flat = [i for b in batches for i in b]
                 flat = [flat[i] for i in rng.permutation(len(flat))]
-                batches = [flat[i : i + self.batch_size] for i in range(0, len(flat), self.batch_size)]
+                batches = [
+                    flat[i : i + self.batch_size] for i in range(0, len(flat), self.batch_size)
+                ]
         keep = len(batches) - len(batches) % self.unit
         return batches[:keep]
 
@@ -147,7 +164,9 @@ class MetaCollator:
         meta = [{k: e.get(k) for k in META_KEYS} for e in examples]
 
         def keep(v):
-            return not isinstance(v, str) and not (isinstance(v, list) and v and isinstance(v[0], str))
+            return not isinstance(v, str) and not (
+                isinstance(v, list) and v and isinstance(v[0], str)
+            )
 
         batch = self.inner([{k: v for k, v in e.items() if keep(v)} for e in examples])
         batch["xl_meta"] = meta
@@ -161,7 +180,9 @@ class _JsonlLogCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             with self.path.open("a") as fh:
-                fh.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+                fh.write(
+                    json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n"
+                )
 
 
 @contextlib.contextmanager
@@ -225,14 +246,24 @@ class GroupedTrainingMixin:
         sids = [m["sample_id"] for m in meta]
         langs = [m["lang"] for m in meta]
         rank = self.args.process_index
-        entry = {"step": self.state.global_step, "rank": rank, "sample_ids": sids, "langs": langs, "tokens": n_tokens}
+        entry = {
+            "step": self.state.global_step,
+            "rank": rank,
+            "sample_ids": sids,
+            "langs": langs,
+            "tokens": n_tokens,
+        }
         with (self.xl_log_dir / f"batches.rank{rank}.jsonl").open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
         self.xl_tokens = getattr(self, "xl_tokens", 0) + n_tokens
         if self.xl_batching == "aligned" and (len(set(sids)) != 1 or len(set(langs)) != len(langs)):
-            raise AlignmentError(f"aligned batch is mixed at step {self.state.global_step} on rank {rank}: {entry}")
+            raise AlignmentError(
+                f"aligned batch is mixed at step {self.state.global_step} on rank {rank}: {entry}"
+            )
         if len(meta) != self.xl_batch_size:
-            raise AlignmentError(f"micro-batch of {len(meta)} rows, expected {self.xl_batch_size}: {entry}")
+            raise AlignmentError(
+                f"micro-batch of {len(meta)} rows, expected {self.xl_batch_size}: {entry}"
+            )
 
     @staticmethod
     def _count_tokens(inputs: dict) -> int:
@@ -247,8 +278,9 @@ class GroupedTrainingMixin:
         if meta is not None and model.training:
             self._xl_record(meta, self._count_tokens(inputs))
         with compact_fused_lm_head():
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs.pop("xl_meta", None)
@@ -277,16 +309,24 @@ def _dpo_classes():
             from accelerate.utils import is_peft_model
 
             return (
-                self.xl_share_prompt and not return_outputs and list(self.loss_types) == ["sigmoid"]
-                and self.ld_alpha is None and str(self.f_divergence_type) in ("reverse_kl", "FDivergenceType.REVERSE_KL")
-                and not self.precompute_ref_logps and not self.aux_loss_enabled and not self.use_weighting
-                and self.ref_model is None and is_peft_model(self.accelerator.unwrap_model(self.model))
+                self.xl_share_prompt
+                and not return_outputs
+                and list(self.loss_types) == ["sigmoid"]
+                and self.ld_alpha is None
+                and str(self.f_divergence_type) in ("reverse_kl", "FDivergenceType.REVERSE_KL")
+                and not self.precompute_ref_logps
+                and not self.aux_loss_enabled
+                and not self.use_weighting
+                and self.ref_model is None
+                and is_peft_model(self.accelerator.unwrap_model(self.model))
             )
 
         def _compute_loss(self, model, inputs, return_outputs):
             split = None
             if self._xl_can_share(return_outputs):
-                split = split_pairs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+                split = split_pairs(
+                    inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
+                )
             if split is None:
                 return super()._compute_loss(model, inputs, return_outputs)
             return self._xl_shared_loss(model, inputs, *split)
@@ -296,12 +336,19 @@ def _dpo_classes():
 
             mode = "train" if self.model.training else "eval"
             tok = getattr(self, "_tokenizer", None) or self.processing_class
-            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id  # masked: any id
+            pad = (
+                tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            )  # masked: any id
             logits, targets, cmask = shared_prompt_logits(model, prompts, completions, pad)
             per_token = token_logps(logits, targets, cmask)
             logps = per_token.sum(-1)
             unwrapped = self.accelerator.unwrap_model(self.model)
-            with torch.no_grad(), use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+            with (
+                torch.no_grad(),
+                use_adapter(
+                    unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None
+                ),
+            ):
                 ref_logits, _, _ = shared_prompt_logits(model, prompts, completions, pad)
                 ref_logps = token_logps(ref_logits, targets, cmask).sum(-1)
                 del ref_logits
@@ -309,7 +356,9 @@ def _dpo_classes():
             chosen_logps, rejected_logps = logps[:n], logps[n:]
             chosen_logratios = chosen_logps - ref_logps[:n]
             rejected_logratios = rejected_logps - ref_logps[n:]
-            loss = -torch.nn.functional.logsigmoid(self.beta * (chosen_logratios - rejected_logratios)).mean()
+            loss = -torch.nn.functional.logsigmoid(
+                self.beta * (chosen_logratios - rejected_logratios)
+            ).mean()
             loss = loss * self.loss_weights[0]
 
             gather = self.accelerator.gather_for_metrics
@@ -318,9 +367,13 @@ def _dpo_classes():
                 maskf = cmask.float()
                 logp_all = torch.log_softmax(logits, dim=-1)
                 entropy = -(logp_all.exp() * logp_all).sum(-1)
-                m["entropy"].append((gather((entropy * maskf).sum()).sum() / gather(maskf.sum()).sum()).item())
+                m["entropy"].append(
+                    (gather((entropy * maskf).sum()).sum() / gather(maskf.sum()).sum()).item()
+                )
                 if mode == "train":
-                    self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item() // self._tp_size
+                    self._total_train_tokens += (
+                        gather(inputs["attention_mask"].sum()).sum().item() // self._tp_size
+                    )
                 m["num_tokens"] = [self._total_train_tokens]
                 mean_logits = logits.mean(-1) * maskf
                 for side, rows in (("chosen", slice(0, n)), ("rejected", slice(n, None))):
@@ -328,16 +381,26 @@ def _dpo_classes():
                     cnt = gather(maskf[rows].sum()).sum().item()
                     m[f"logits/{side}"].append(tot / cnt if cnt > 0 else 0.0)
                 top1 = (logits[:n].argmax(-1) == targets[:n]) & cmask[:n].bool()
-                m["mean_token_accuracy"].append((gather(top1.sum()).sum() / gather(cmask[:n].sum()).sum()).item())
+                m["mean_token_accuracy"].append(
+                    (gather(top1.sum()).sum() / gather(cmask[:n].sum()).sum()).item()
+                )
                 chosen_rewards = self.beta * chosen_logratios.detach()
                 rejected_rewards = self.beta * rejected_logratios.detach()
                 m["rewards/chosen"].append(self.accelerator.gather(chosen_rewards).mean().item())
-                m["rewards/rejected"].append(self.accelerator.gather(rejected_rewards).mean().item())
+                m["rewards/rejected"].append(
+                    self.accelerator.gather(rejected_rewards).mean().item()
+                )
                 acc = (chosen_rewards > rejected_rewards).float()
                 m["rewards/accuracies"].append(self.accelerator.gather(acc).mean().item())
-                m["rewards/margins"].append(self.accelerator.gather(chosen_rewards - rejected_rewards).mean().item())
-                m["logps/chosen"].append(self.accelerator.gather(chosen_logps.detach()).mean().item())
-                m["logps/rejected"].append(self.accelerator.gather(rejected_logps.detach()).mean().item())
+                m["rewards/margins"].append(
+                    self.accelerator.gather(chosen_rewards - rejected_rewards).mean().item()
+                )
+                m["logps/chosen"].append(
+                    self.accelerator.gather(chosen_logps.detach()).mean().item()
+                )
+                m["logps/rejected"].append(
+                    self.accelerator.gather(rejected_logps.detach()).mean().item()
+                )
             return loss
 
     return DPOConfig, AlignedDPOTrainer
@@ -364,9 +427,16 @@ def _orpo_classes():
             if self.is_encoder_decoder or self.aux_loss_enabled:
                 return super().concatenated_forward(model, batch)
             cat = self.concatenated_inputs(
-                batch, is_encoder_decoder=False, padding_value=self.padding_value, device=self.accelerator.device
+                batch,
+                is_encoder_decoder=False,
+                padding_value=self.padding_value,
+                device=self.accelerator.device,
             )
-            ids, mask, labels = cat["concatenated_input_ids"], cat["concatenated_attention_mask"], cat["concatenated_labels"]
+            ids, mask, labels = (
+                cat["concatenated_input_ids"],
+                cat["concatenated_attention_mask"],
+                cat["concatenated_labels"],
+            )
             n_chosen = batch["chosen_labels"].shape[0]
             if self.xl_nll_scope == "completion" and self.xl_share_prompt:
                 split = split_pairs(ids, mask, (labels != -100).long())
@@ -382,16 +452,32 @@ def _orpo_classes():
                 logits_c_full = out_c.logits
                 lab_full = torch.where(mask[:n_chosen] == 1, ids[:n_chosen], -100)
                 nll = torch.nn.functional.cross_entropy(
-                    logits_c_full[:, :-1].reshape(-1, logits_c_full.shape[-1]), lab_full[:, 1:].reshape(-1)
+                    logits_c_full[:, :-1].reshape(-1, logits_c_full.shape[-1]),
+                    lab_full[:, 1:].reshape(-1),
                 )
-                logps_c = self.get_batch_logps(logits_c_full, labels[:n_chosen], average_log_prob=True)
-                out_r = model(ids_l[n_chosen:], attention_mask=mask_l[n_chosen:], position_ids=pos[n_chosen:],
-                              use_cache=False, logits_to_keep=keep)
-                logps_r = self.get_batch_logps(out_r.logits.float(), labels_l[n_chosen:, -keep:], average_log_prob=True)
+                logps_c = self.get_batch_logps(
+                    logits_c_full, labels[:n_chosen], average_log_prob=True
+                )
+                out_r = model(
+                    ids_l[n_chosen:],
+                    attention_mask=mask_l[n_chosen:],
+                    position_ids=pos[n_chosen:],
+                    use_cache=False,
+                    logits_to_keep=keep,
+                )
+                logps_r = self.get_batch_logps(
+                    out_r.logits.float(), labels_l[n_chosen:, -keep:], average_log_prob=True
+                )
                 chosen_logits = logits_c_full[:, :-1]
                 rejected_logits = out_r.logits[:, :-1]
             else:
-                out = model(ids_l, attention_mask=mask_l, position_ids=pos, use_cache=False, logits_to_keep=keep)
+                out = model(
+                    ids_l,
+                    attention_mask=mask_l,
+                    position_ids=pos,
+                    use_cache=False,
+                    logits_to_keep=keep,
+                )
                 logits = out.logits.float()
                 tail_labels = labels_l[:, -keep:]
                 logps = self.get_batch_logps(logits, tail_labels, average_log_prob=True)
@@ -399,7 +485,9 @@ def _orpo_classes():
                 shift_logits = logits[:n_chosen, :-1]
                 shift_labels = tail_labels[:n_chosen, 1:]
                 nll = torch.nn.functional.cross_entropy(
-                    shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100
+                    shift_logits.reshape(-1, shift_logits.shape[-1]),
+                    shift_labels.reshape(-1),
+                    ignore_index=-100,
                 )
                 chosen_logits, rejected_logits = logits[:n_chosen, :-1], logits[n_chosen:, :-1]
             return (logps_c, logps_r, chosen_logits, rejected_logits, nll)
@@ -408,7 +496,9 @@ def _orpo_classes():
             """Completion scope with each prompt encoded once for its chosen and rejected completion
             (``xlalign.shared_prompt``); the same values as the concatenated completion-scope forward.
             ``logits/chosen`` and ``logits/rejected`` then average over completion positions only."""
-            logits, targets, cmask = shared_prompt_logits(model, prompts, completions, self.padding_value)
+            logits, targets, cmask = shared_prompt_logits(
+                model, prompts, completions, self.padding_value
+            )
             n = len(prompts)
             lp = token_logps(logits, targets, cmask)
             avg = lp.sum(-1) / cmask.sum(-1)
@@ -574,11 +664,15 @@ def train_preference(
     method = profile.train.method
     out = Path(output_dir)
     if out.exists() and any(out.glob("checkpoint-*")) and not resume:
-        raise FileExistsError(f"{out} already holds checkpoints; pass resume=True or use a new directory")
+        raise FileExistsError(
+            f"{out} already holds checkpoints; pass resume=True or use a new directory"
+        )
     _check_resume(out, training_signature(profile, method))
     if isinstance(dataset, list):
         dataset = Dataset.from_list(dataset)
-    missing = [k for k in ("prompt", "chosen", "rejected", *META_KEYS) if k not in dataset.column_names]
+    missing = [
+        k for k in ("prompt", "chosen", "rejected", *META_KEYS) if k not in dataset.column_names
+    ]
     if missing:
         raise AlignmentError(f"the preference dataset lacks column(s) {missing}")
     if model is None:
@@ -587,18 +681,35 @@ def train_preference(
     args = _common_args(profile, out)
     if method == "dpo":
         Config, Trainer = _dpo_classes()
-        cfg = Config(**args, beta=t.beta, loss_type=["sigmoid"], max_length=t.max_length,
-                     precompute_ref_log_probs=False)
+        cfg = Config(
+            **args,
+            beta=t.beta,
+            loss_type=["sigmoid"],
+            max_length=t.max_length,
+            precompute_ref_log_probs=False,
+        )
     else:
         Config, Trainer = _orpo_classes()
         cfg = Config(**args, beta=t.beta, max_length=t.max_length, max_completion_length=32)
     peft_config = build_lora_config(profile, model) if not hasattr(model, "peft_config") else None
-    trainer = Trainer(model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer,
-                      peft_config=peft_config, callbacks=callbacks)
+    trainer = Trainer(
+        model=model,
+        args=cfg,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
     if method == "orpo":
         trainer.xl_nll_scope = profile.train.orpo_nll_scope
     trainer.xl_share_prompt = profile.train.share_prompt
-    _configure(trainer, profile.train.batch_size, profile.train.batching, profile.train.include_english, out)
+    _configure(
+        trainer,
+        profile.train.batch_size,
+        profile.train.batching,
+        profile.train.include_english,
+        out,
+    )
     result = _run(trainer, out, resume)
     result.metrics["model_source"] = model_source(profile)[0]
     result.metrics["model_commit"] = resolved_commit(getattr(model, "base_model", model))
@@ -607,8 +718,14 @@ def train_preference(
     return result
 
 
-def train_sft(profile: Profile, dataset, output_dir: str | Path, model=None, tokenizer=None,
-              resume: bool = False) -> TrainResult:
+def train_sft(
+    profile: Profile,
+    dataset,
+    output_dir: str | Path,
+    model=None,
+    tokenizer=None,
+    resume: bool = False,
+) -> TrainResult:
     """Supervised fine-tuning on prompt/completion rows (CALM's SFT baselines) with the same batching."""
     from datasets import Dataset
 
@@ -619,10 +736,23 @@ def train_sft(profile: Profile, dataset, output_dir: str | Path, model=None, tok
     if model is None:
         model, tokenizer = _load_policy(profile)
     Config, Trainer = _sft_classes()
-    cfg = Config(**_common_args(profile, out), max_length=profile.train.max_length, completion_only_loss=True)
-    trainer = Trainer(model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer,
-                      peft_config=build_lora_config(profile, model))
-    _configure(trainer, profile.train.batch_size, profile.train.batching, profile.train.include_english, out)
+    cfg = Config(
+        **_common_args(profile, out), max_length=profile.train.max_length, completion_only_loss=True
+    )
+    trainer = Trainer(
+        model=model,
+        args=cfg,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=build_lora_config(profile, model),
+    )
+    _configure(
+        trainer,
+        profile.train.batch_size,
+        profile.train.batching,
+        profile.train.include_english,
+        out,
+    )
     return _run(trainer, out, resume)
 
 
@@ -677,8 +807,12 @@ def verify_batch_log(rows: list[dict], batching: str, batch_size: int) -> dict:
     by_step: dict[tuple[int, int], list[dict]] = {}
     for r in rows:
         if len(r["langs"]) != batch_size:
-            raise AlignmentError(f"batch of {len(r['langs'])} rows at step {r['step']} rank {r['rank']}")
-        if batching == "aligned" and (len(set(r["sample_ids"])) != 1 or len(set(r["langs"])) != batch_size):
+            raise AlignmentError(
+                f"batch of {len(r['langs'])} rows at step {r['step']} rank {r['rank']}"
+            )
+        if batching == "aligned" and (
+            len(set(r["sample_ids"])) != 1 or len(set(r["langs"])) != batch_size
+        ):
             raise AlignmentError(f"mixed aligned batch at step {r['step']} rank {r['rank']}: {r}")
         by_step.setdefault(r["step"], []).append(r)
     for step, entries in by_step.items():
@@ -687,9 +821,15 @@ def verify_batch_log(rows: list[dict], batching: str, batch_size: int) -> dict:
             for e in entries:
                 sid = e["sample_ids"][0]
                 if sid in seen and seen[sid] != e["rank"]:
-                    raise AlignmentError(f"group {sid} split across ranks {seen[sid]} and {e['rank']} at step {step}")
+                    raise AlignmentError(
+                        f"group {sid} split across ranks {seen[sid]} and {e['rank']} at step {step}"
+                    )
                 seen[sid] = e["rank"]
-    return {"micro_batches": len(rows), "ranks": sorted({r["rank"] for r in rows}), "steps": len(by_step)}
+    return {
+        "micro_batches": len(rows),
+        "ranks": sorted({r["rank"] for r in rows}),
+        "steps": len(by_step),
+    }
 
 
 def derive_profile(profile: Profile, **train_overrides) -> Profile:

@@ -94,7 +94,9 @@ class HFTranslator(Translator):
         tgt_id = self.tok.convert_tokens_to_ids(self._code(tgt))
         out = []
         for i in range(0, len(texts), self.batch_size):
-            batch = self.tok(texts[i : i + self.batch_size], return_tensors="pt", padding=True, truncation=True)
+            batch = self.tok(
+                texts[i : i + self.batch_size], return_tensors="pt", padding=True, truncation=True
+            )
             with torch.inference_mode():
                 gen = self.model.generate(
                     **batch, forced_bos_token_id=tgt_id, max_new_tokens=self.max_new_tokens
