@@ -6,6 +6,7 @@ import json
 
 from xlalign import experiments
 from xlalign.config import load_profile
+from xlalign.data import build_probe_data
 from xlalign.runs import start_run
 from xlalign.training import training_signature
 
@@ -52,3 +53,16 @@ def test_a_different_configuration_is_not_reused(tmp_path):
     # An unfinished directory (no train_result.json) is never reused.
     (run.path / "train" / "orpo-aligned" / "train_result.json").unlink()
     assert experiments.same_training(run, profile) is None
+
+
+def test_an_evaluation_records_the_hub_commit_it_ran_on(
+    tmp_path, tiny_profile, tiny_model_and_tokenizer
+):
+    model, tok = tiny_model_and_tokenizer
+    model.config._commit_hash = "0123abcd"  # what from_pretrained records for a hub download
+    run = start_run(tiny_profile, tmp_path / "run")
+    rows = build_probe_data(tiny_profile, tok).test_rows[:2]
+    preds = experiments.evaluate(tiny_profile, run, "base", rows, model=model, tokenizer=tok)
+    assert len(preds) == 2
+    step = json.loads((run.path / "run.json").read_text())["steps"]["eval/base"]
+    assert step["model_commit"] == "0123abcd" and step["items"] == 2

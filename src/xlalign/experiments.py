@@ -90,7 +90,14 @@ def evaluate(
         batch_size=profile.eval.batch_size,
         max_new_tokens=profile.eval.max_new_tokens,
     )
-    run.step(f"eval/{label}", wall_time_s=round(time.perf_counter() - t0, 1), items=len(df))
+    from xlalign.models import resolved_commit
+
+    run.step(
+        f"eval/{label}",
+        wall_time_s=round(time.perf_counter() - t0, 1),
+        items=len(df),
+        model_commit=resolved_commit(model),  # the hub commit; None for local and PyPI models
+    )
     return df
 
 
