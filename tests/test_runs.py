@@ -5,7 +5,7 @@ import json
 import pytest
 
 from xlalign.config import load_profile
-from xlalign.runs import redact, start_run, write_json
+from xlalign.runs import RunMismatchError, redact, start_run, write_json
 
 
 def test_run_record_holds_provenance(tmp_path, monkeypatch):
@@ -28,8 +28,8 @@ def test_a_new_run_never_overwrites(tmp_path):
         start_run(profile, tmp_path / "r")
     resumed = start_run(profile, tmp_path / "r", resume=True)
     assert resumed.record["resumed"]
-    other = load_profile("smoke", overrides=["train.max_steps=5"])
-    with pytest.raises(ValueError, match="different config"):
+    other = load_profile("smoke", overrides=["train.max_steps=5", "seed=3"])
+    with pytest.raises(RunMismatchError, match=r"different config \(seed, train\.max_steps\)"):
         start_run(other, tmp_path / "r", resume=True)
 
 

@@ -89,6 +89,13 @@ def cmd_train(args) -> None:
     print(json.dumps(res.to_dict()))
 
 
+def _jsonable(obj):
+    """Metric summaries hold pandas Series (per language); JSON wants plain dicts and floats."""
+    if hasattr(obj, "to_dict"):
+        return {str(k): float(v) for k, v in obj.to_dict().items()}
+    return float(obj)
+
+
 def cmd_evaluate(args) -> None:
     from xlalign import metrics
     from xlalign.data import build_probe_data
@@ -102,7 +109,7 @@ def cmd_evaluate(args) -> None:
     langs = profile.data.train_langs + profile.data.unseen_langs
     rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
     preds = evaluate(profile, run, args.label or "cli", rows, adapter_dir=args.adapter)
-    print(json.dumps(metrics.summarize(preds), default=float, indent=1))
+    print(json.dumps(metrics.summarize(preds), default=_jsonable, indent=1))
 
 
 def cmd_reproduce(args) -> None:
@@ -161,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from xlalign.corpus import CorpusError
     from xlalign.models import ModelUnavailableError
     from xlalign.pipeline import NotebookFailed
+    from xlalign.runs import RunMismatchError
     from xlalign.training import AlignmentError
 
     try:
@@ -171,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         CorpusError,
         AlignmentError,
         NotebookFailed,
+        RunMismatchError,
         FileExistsError,
         FileNotFoundError,
     ) as exc:

@@ -137,6 +137,22 @@ class Run:
         self.save()
 
 
+class RunMismatchError(ValueError):
+    """A run directory is resumed with a configuration other than the one it was started with."""
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    keys = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
 def start_run(
     profile: Profile,
     run_dir: str | Path | None = None,
@@ -159,10 +175,15 @@ def start_run(
                 "another run directory"
             )
         record = json.loads(record_path.read_text())
-        if record.get("config") != redact(profile.to_dict()):
-            raise ValueError(
-                f"{path} was started with a different config; resume it with the same profile and "
-                "overrides, or start a new run"
+        config = redact(profile.to_dict())
+        if record.get("config") != config:
+            changed = _changed_keys(record.get("config") or {}, config)
+            shown = ", ".join(changed[:5]) + (
+                f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+            )
+            raise RunMismatchError(
+                f"{path} was started with a different config ({shown}); resume it with the same "
+                "profile and overrides, or start a new run"
             )
         record.setdefault("resumed", []).append(_now())
         run = Run(path, record)
