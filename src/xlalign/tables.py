@@ -94,6 +94,19 @@ def _add_delta(tidy: pd.DataFrame, baseline, model: str, skip=()) -> pd.DataFram
     return out
 
 
+def _language_rows(sub, acc, langs, with_ci: bool, seed: int, n_resamples: int) -> list[dict]:
+    """One tidy row per language: accuracy, and its bootstrap CI when ``with_ci``."""
+    correct = is_correct(sub)
+    rows = []
+    for lang in langs:
+        row = {"column": _lang_name(lang), "value": float(acc[lang])}
+        if with_ci:
+            ci = bootstrap_ci(correct[sub["lang"] == lang], n_resamples=n_resamples, seed=seed)
+            row.update(ci_low=ci.low, ci_high=ci.high)
+        rows.append(row)
+    return rows
+
+
 def probe_table(
     preds: pd.DataFrame,
     table: str,
@@ -115,14 +128,7 @@ def probe_table(
     langs = list(langs)
     sub = _select_langs(preds, langs)
     acc = accuracy_by_language(sub)
-    correct = is_correct(sub)
-    rows = []
-    for lang in langs:
-        row = {"column": _lang_name(lang), "value": float(acc[lang])}
-        if with_ci:
-            ci = bootstrap_ci(correct[sub["lang"] == lang], n_resamples=n_resamples, seed=seed)
-            row.update(ci_low=ci.low, ci_high=ci.high)
-        rows.append(row)
+    rows = _language_rows(sub, acc, langs, with_ci, seed, n_resamples)
     row = {"column": "rest_avg", "value": rest_avg(acc.reindex(langs), english)}
     if with_ci:
         ci = bootstrap_rest_avg_ci(sub, english=english, n_resamples=n_resamples, seed=seed)
@@ -153,14 +159,7 @@ def calm_table(
     sub = _select_langs(preds, langs)
     acc = accuracy_by_language(sub).reindex(langs)
     cons = consistency(sub, s=s, langs=langs)
-    correct = is_correct(sub)
-    rows = []
-    for lang in langs:
-        row = {"column": _lang_name(lang), "value": float(acc[lang])}
-        if with_ci:
-            ci = bootstrap_ci(correct[sub["lang"] == lang], n_resamples=n_resamples, seed=seed)
-            row.update(ci_low=ci.low, ci_high=ci.high)
-        rows.append(row)
+    rows = _language_rows(sub, acc, langs, with_ci, seed, n_resamples)
     rows += [
         {"column": "acc_avg", "value": float(acc.mean())},
         {"column": "consistency", "value": cons},
