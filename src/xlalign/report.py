@@ -151,9 +151,9 @@ def published_side_by_side(tables_dir: Path) -> dict[str, pd.DataFrame]:
     """Per table of ours in ``tables_dir``: our rows and the published rows of the same blocks.
 
     Returns ``{stem: wide frame}`` indexed by source (ours, paper) with table, block and model
-    columns, then the compared columns; cells show the value,
-    the gain in parentheses where the table prints one, and the 95% CI where there is one (ours
-    always, the paper's only in its Table 7). Published numbers are read from ``data/paper/``.
+    columns, then the compared columns. Cells show the value, the gain in parentheses where the
+    table prints one, and the 95% CI where there is one (ours always, the paper's only in its
+    Table 7). Published numbers are read from ``data/paper/``.
     """
     out = {}
     for stem, (keys, columns) in COMPARISONS.items():
