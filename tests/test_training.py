@@ -47,6 +47,21 @@ def describe(
 # --------------------------------------------------------------------------- sampler (pure)
 
 
+def _random_lora(model):
+    """LoRA r4 on q/v with non-zero B, so gradients reach every LoRA matrix (equality tests)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj"],
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
 def test_aligned_batch_is_one_group_in_distinct_languages():
     sids, langs = grouped_rows()
     plan = GroupedBatchSampler(sids, langs, batch_size=5).plan()
@@ -301,7 +316,6 @@ def orpo_pair(tiny_model_and_tokenizer, tiny_pref_rows, tmp_path):
     The batch mixes a "present" and an "absent" group so that chosen completions differ in length, and
     languages whose prompts differ in length (the aligned forward moves rows to left padding)."""
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     from xlalign.training import _orpo_classes
@@ -313,15 +327,7 @@ def orpo_pair(tiny_model_and_tokenizer, tiny_pref_rows, tmp_path):
     ]
     rows = [pos, neg[0], next(r for r in neg if r["lang"] != neg[0]["lang"])]
     torch.manual_seed(0)
-    lora = LoraConfig(
-        r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        target_modules=["q_proj", "v_proj"],
-        init_lora_weights=False,  # non-zero B: gradients reach every LoRA matrix
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
+    model = _random_lora(model)
     args = ORPOConfig(
         output_dir=str(tmp_path / "orpo"),
         per_device_train_batch_size=3,
@@ -424,7 +430,6 @@ def test_dpo_compact_lm_head_equals_stock_and_projects_only_completions(
     """``compact_fused_lm_head`` gives stock DPO's loss and gradients while projecting only the completion
     positions onto the vocabulary (stock TRL projects every position off Triton devices)."""
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
     from trl import DPOConfig, DPOTrainer
     from trl.kernels import ChunkedLogProbFunction
 
@@ -433,15 +438,7 @@ def test_dpo_compact_lm_head_equals_stock_and_projects_only_completions(
     model, tokenizer = tiny_model_and_tokenizer
     rows = [r for r in tiny_pref_rows if r["lang"] in ("en", "zh")][:4]
     torch.manual_seed(0)
-    lora = LoraConfig(
-        r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        target_modules=["q_proj", "v_proj"],
-        init_lora_weights=False,
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
+    model = _random_lora(model)
     args = DPOConfig(
         output_dir=str(tmp_path / "dpo"),
         per_device_train_batch_size=4,
@@ -658,7 +655,6 @@ def test_dpo_shared_prompt_equals_stock_loss_metrics_and_gradients(
     """Our DPO loss with each prompt encoded once equals TRL's ``_compute_loss`` (values, gradients and
     logged metrics) on a batch whose prompts and completions differ in length."""
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
     from trl import DPOConfig
 
     from xlalign import training
@@ -668,15 +664,7 @@ def test_dpo_shared_prompt_equals_stock_loss_metrics_and_gradients(
     neg = [r for r in tiny_pref_rows if r["sample_id"].endswith(".neg") and r["lang"] != "en"][:2]
     rows = pos + neg
     torch.manual_seed(0)
-    lora = LoraConfig(
-        r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        target_modules=["q_proj", "v_proj"],
-        init_lora_weights=False,
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
+    model = _random_lora(model)
     args = DPOConfig(
         output_dir=str(tmp_path / "dpo"),
         per_device_train_batch_size=4,

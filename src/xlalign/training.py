@@ -703,13 +703,7 @@ def train_preference(
     if method == "orpo":
         trainer.xl_nll_scope = profile.train.orpo_nll_scope
     trainer.xl_share_prompt = profile.train.share_prompt
-    _configure(
-        trainer,
-        profile.train.batch_size,
-        profile.train.batching,
-        profile.train.include_english,
-        out,
-    )
+    _configure(trainer, profile.train, out)
     result = _run(trainer, out, resume)
     result.metrics["model_source"] = model_source(profile)[0]
     result.metrics["model_commit"] = resolved_commit(getattr(model, "base_model", model))
@@ -746,20 +740,15 @@ def train_sft(
         processing_class=tokenizer,
         peft_config=build_lora_config(profile, model),
     )
-    _configure(
-        trainer,
-        profile.train.batch_size,
-        profile.train.batching,
-        profile.train.include_english,
-        out,
-    )
+    _configure(trainer, profile.train, out)
     return _run(trainer, out, resume)
 
 
-def _configure(trainer, batch_size: int, batching: str, include_english: bool, out: Path) -> None:
-    trainer.xl_batch_size = batch_size
-    trainer.xl_batching = batching
-    trainer.xl_include_english = include_english
+def _configure(trainer, train, out: Path) -> None:
+    """Give a TRL trainer the profile's batching (``train``: the profile's train section)."""
+    trainer.xl_batch_size = train.batch_size
+    trainer.xl_batching = train.batching
+    trainer.xl_include_english = train.include_english
     trainer.xl_log_dir = out
     trainer.data_collator = MetaCollator(trainer.data_collator)
     trainer.add_callback(_JsonlLogCallback(out / "train_log.jsonl"))
