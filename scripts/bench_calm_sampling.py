@@ -27,11 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from xlalign.calm import build_prompt, corpus_items, group_items  # noqa: E402
-from xlalign.corpus import load_corpus  # noqa: E402
-from xlalign.evaluation import _left_pad, _pad_id, encode  # noqa: E402
+from xlalign.calm.items import corpus_items, group_items  # noqa: E402
+from xlalign.calm.prompts import build_prompt  # noqa: E402
+from xlalign.evaluation.scoring import _left_pad, _pad_id, encode  # noqa: E402
 from xlalign.generation import SamplingStats, greedy_generate, sample_shared_prefill  # noqa: E402
-from xlalign.probe import render_prompt  # noqa: E402
+from xlalign.probe.build import render_prompt  # noqa: E402
+from xlalign.sources.corpus import load_corpus  # noqa: E402
 
 
 class PrefillCounter:
@@ -55,7 +56,7 @@ class PrefillCounter:
 @torch.inference_mode()
 def generate_baseline(model, tok, prompts, m, args) -> tuple[list[list[str]], int]:
     """Plain ``generate(num_return_sequences=m)``; returns texts and new tokens kept."""
-    from xlalign.evaluation import _decode_new, _stop_ids
+    from xlalign.evaluation.scoring import _decode_new, _stop_ids
 
     pad_id, stop = _pad_id(tok), _stop_ids(model, tok)
     torch.manual_seed(args.seed)

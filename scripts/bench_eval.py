@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 
 from xlalign.config import load_profile
-from xlalign.data import build_probe_data
-from xlalign.evaluation import agreement, encode, evaluate_probe
+from xlalign.evaluation.predictions import agreement, evaluate_probe
+from xlalign.evaluation.scoring import encode
 from xlalign.experiments import eval_subset
 from xlalign.models import load_model
-from xlalign.probe import render_prompt
+from xlalign.probe.build import render_prompt
+from xlalign.probe.dataset import build_probe_data
 
 
 def balanced_sample(rows: list[dict], n: int, seed: int) -> list[dict]:

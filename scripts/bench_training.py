@@ -38,17 +38,17 @@ import torch
 from transformers import TrainerCallback
 
 from xlalign.config import load_profile
-from xlalign.data import build_probe_data
 from xlalign.models import load_model, load_tokenizer
-from xlalign.training import (
-    GroupedBatchSampler,
+from xlalign.probe.dataset import build_probe_data
+from xlalign.training.run import (
     _common_args,
-    _orpo_classes,
     build_lora_config,
     derive_profile,
     read_batch_logs,
     train_preference,
 )
+from xlalign.training.sampling import GroupedBatchSampler
+from xlalign.training.trainers import _orpo_classes
 
 
 class StepTimer(TrainerCallback):

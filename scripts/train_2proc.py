@@ -17,9 +17,9 @@ import argparse
 import json
 
 from xlalign.config import load_profile
-from xlalign.data import build_probe_data
 from xlalign.models import load_model
-from xlalign.training import train_preference
+from xlalign.probe.dataset import build_probe_data
+from xlalign.training.run import train_preference
 
 
 def shorten(rows: list[dict], chars: int) -> list[dict]:

@@ -78,7 +78,7 @@ def tiny_model_and_tokenizer(tiny_profile, tiny_model_dir, tiny_tokenizer):
 
 @pytest.fixture(scope="session")
 def _tiny_pref_rows(tiny_profile, tiny_tokenizer) -> list[dict]:
-    from xlalign.data import build_probe_data
+    from xlalign.probe.dataset import build_probe_data
 
     rows = build_probe_data(tiny_profile, tiny_tokenizer).train_pref
     # The probe prompts run to ~700 tokens; the tests need the grouping, not the documents. Keep the

@@ -1,4 +1,4 @@
-"""Tests for xlalign.benchmarks: lm-eval task names, local tasks end to end, PEFT wrapping."""
+"""Tests for xlalign.evaluation.benchmarks: lm-eval task names, local tasks end to end, PEFT wrapping."""
 
 import copy
 import json
@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from xlalign.benchmarks import (
+from xlalign.config import ALL_LANGS
+from xlalign.evaluation.benchmarks import (
     LOCAL_TASKS,
     LOCAL_TASKS_DIR,
     PAPER_TASKS,
@@ -22,7 +23,6 @@ from xlalign.benchmarks import (
     run_benchmarks,
     task_manager,
 )
-from xlalign.config import ALL_LANGS
 from xlalign.models import tiny_random_dir
 
 LOCAL_NAMES = paper_task_names(list(LOCAL_TASKS), ["en", "es"], registry=LOCAL_TASKS)

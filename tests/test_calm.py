@@ -10,31 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from xlalign.calm import (
-    PAPER_BLOCKS,
-    TEMPLATES,
-    Sample,
-    build_pairs,
-    build_prompt,
-    format_completion,
-    ground_truth_pairs,
-    gt_sft_rows,
-    load_calm_items,
-    majority_vote,
-    pair_counts,
-    parse_letter,
-    results_table,
-    run_calm,
-    sample_answers,
-    sft_rows,
-    split_answer,
-    split_questions,
-    trainer_rows,
-    vote_accuracy,
-    vote_all,
-)
+from xlalign.calm.items import split_questions
+from xlalign.calm.pairs import build_pairs, ground_truth_pairs, gt_sft_rows, pair_counts, sft_rows
+from xlalign.calm.parse import parse_letter, split_answer
+from xlalign.calm.pipeline import load_calm_items, run_calm
+from xlalign.calm.prompts import TEMPLATES, build_prompt, format_completion
+from xlalign.calm.variants import PAPER_BLOCKS, results_table, trainer_rows
+from xlalign.calm.vote import Sample, majority_vote, sample_answers, vote_accuracy, vote_all
 from xlalign.config import CalmSection, LoraSection
-from xlalign.loaders import MCQItem
+from xlalign.sources.common import MCQItem
 from xlalign.translate import FakeTranslator, IdentityTranslator, TranslationError
 
 
@@ -320,7 +304,7 @@ def test_baseline_rows_keep_what_the_paper_keeps():
 
 
 def test_trainer_rows_fit_the_clustered_sampler():
-    from xlalign.training import GroupedBatchSampler
+    from xlalign.training.sampling import GroupedBatchSampler
 
     rows = [{"prompt": "p", "chosen": "c", "rejected": "r", "qid": q, "lang": lang}
             for q in ("q1", "q2", "q3") for lang in ("en", "fr", "fr", "zh")]  # fmt: skip
@@ -378,7 +362,8 @@ def _items(n, langs):
 
 
 def test_real_sampler_shapes_and_counts(tiny_model_and_tokenizer):
-    from xlalign.calm import group_items, render_prompts
+    from xlalign.calm.items import group_items
+    from xlalign.calm.vote import render_prompts
     from xlalign.generation import SamplingStats
 
     model, tok = tiny_model_and_tokenizer

@@ -6,10 +6,10 @@ from collections import Counter
 
 import pytest
 
-from xlalign import probe
 from xlalign.config import ALL_LANGS, DataSection, Profile, TrainSection
-from xlalign.corpus import CorpusError, corpus_dir, load_corpus, summary
-from xlalign.data import build_probe_data
+from xlalign.probe import build as probe
+from xlalign.probe.dataset import build_probe_data
+from xlalign.sources.corpus import CorpusError, corpus_dir, load_corpus, summary
 from xlalign.translate import FakeTranslator, translate_corpus
 
 

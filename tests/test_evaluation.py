@@ -9,20 +9,17 @@ import pandas as pd
 import pytest
 import torch
 
-from xlalign.evaluation import (
-    INVALID,
+from xlalign.evaluation.metrics import INVALID, validate_predictions
+from xlalign.evaluation.predictions import agreement, evaluate_probe, load_eval_model
+from xlalign.evaluation.scoring import (
     PRED_COLUMNS,
     SCORE_COLUMNS,
-    agreement,
     answer_tokens,
-    evaluate_probe,
     generate_prompts,
-    load_eval_model,
     parse_nomiracl,
     score_prompts,
 )
-from xlalign.metrics import validate_predictions
-from xlalign.probe import ANSWER_ABSENT, ANSWER_PRESENT, INSTRUCTION_EN, render_prompt
+from xlalign.probe.build import ANSWER_ABSENT, ANSWER_PRESENT, INSTRUCTION_EN, render_prompt
 
 P, A = ANSWER_PRESENT, ANSWER_ABSENT
 
@@ -279,7 +276,7 @@ def test_evaluate_probe_writes_complete_records(tiny, tmp_path):
     frame = evaluate_probe(model, tok, rows, out, batch_size=4, progress=False)
     assert list(frame.columns) == list(PRED_COLUMNS)
     assert list(frame["item_id"]) == [r["item_id"] for r in rows]  # the order of rows
-    validate_predictions(frame)  # usable by xlalign.metrics as is
+    validate_predictions(frame)  # usable by xlalign.evaluation.metrics as is
     assert (frame["correct"] == (frame["pred"] == frame["label"])).all()
     assert (frame["mode"] == "scoring").all() and not frame["invalid"].any()
     records = read_jsonl(out)

@@ -6,9 +6,9 @@ import json
 
 from xlalign import experiments
 from xlalign.config import load_profile
-from xlalign.data import build_probe_data
+from xlalign.probe.dataset import build_probe_data
 from xlalign.runs import start_run
-from xlalign.training import training_signature
+from xlalign.training.run import training_signature
 
 
 def _finished(run, label, profile):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xlalign.evaluation import _left_pad, _pad_id, encode
+from xlalign.evaluation.scoring import _left_pad, _pad_id, encode
 from xlalign.generation import SamplingStats, greedy_generate, sample_shared_prefill
 
 PROMPTS = [

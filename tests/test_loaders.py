@@ -1,4 +1,4 @@
-"""Tests for xlalign.loaders on tiny fixtures in each source's real format (fixtures/public/)."""
+"""Tests for xlalign.sources on tiny fixtures in each source's real format (fixtures/public/)."""
 
 import json
 import shutil
@@ -6,22 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from xlalign import loaders
 from xlalign.config import ALL_LANGS
-from xlalign.corpus import CorpusError, TopicRecord
-from xlalign.loaders import (
+from xlalign.probe.build import ANSWER_ABSENT, ANSWER_PRESENT
+from xlalign.sources import qa, rag
+from xlalign.sources.common import (
     SUPPORTED_LANGS,
     LanguageNotAvailableError,
     check_languages,
-    load_belebele,
-    load_medqa,
-    load_mgsm,
-    load_nomiracl,
-    load_xcsqa,
-    load_xquad,
     unavailable_languages,
 )
-from xlalign.probe import ANSWER_ABSENT, ANSWER_PRESENT
+from xlalign.sources.corpus import CorpusError, TopicRecord
+from xlalign.sources.qa import load_medqa, load_mgsm, load_xcsqa
+from xlalign.sources.rag import load_belebele, load_nomiracl, load_xquad
 
 FIX = Path(__file__).parent / "fixtures" / "public"
 
@@ -516,4 +512,4 @@ def test_mgsm_thousands_separator_and_parallel_checks(tmp_path):
 
 def test_datasets_is_imported_only_by_the_hub_path():
     # Local-file loaders never import datasets; only the hub paths do (lazily).
-    assert "datasets" not in loaders.__dict__
+    assert "datasets" not in rag.__dict__ and "datasets" not in qa.__dict__

@@ -1,10 +1,10 @@
-"""Tests for xlalign.metrics against hand-worked cases."""
+"""Tests for xlalign.evaluation.metrics against hand-worked cases."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from xlalign.metrics import (
+from xlalign.evaluation.metrics import (
     ac3,
     accuracy_by_language,
     consistency,

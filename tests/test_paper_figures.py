@@ -1,4 +1,4 @@
-"""Paper figures drawn by xlalign.figures from the published tables and from run-style frames."""
+"""Paper figures drawn by xlalign.report.figures from the published tables and from run-style frames."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 from matplotlib.figure import Figure
 from scipy.stats import pearsonr
 
-from xlalign import figures, paper
+from xlalign import paper
+from xlalign.report import figures
 
 MANIFEST = paper.load_manifest()
 FIGURES = {entry["key"]: entry for entry in MANIFEST["figures"]}

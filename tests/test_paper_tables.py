@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from xlalign import paper
-from xlalign.paper import Discrepancy, PaperDataError
+from xlalign.paper.tables import Discrepancy, PaperDataError
 
 MANIFEST = paper.load_manifest()
 KEYS = paper.table_keys(MANIFEST)
@@ -340,7 +340,7 @@ def test_an_edited_cell_is_caught():
 
 
 def test_figure_entries_point_at_tables_and_functions():
-    from xlalign import figures
+    from xlalign.report import figures
 
     keys = {f["key"] for f in MANIFEST["figures"]}
     assert {"ba_fig3", "ba_fig4", "ba_fig5", "ba_fig6", "ba_fig7"} <= keys

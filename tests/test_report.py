@@ -1,4 +1,4 @@
-"""Tests for xlalign.report: our tables next to the published ones, read from data/paper/."""
+"""Tests for xlalign.report.build: our tables next to the published ones, read from data/paper/."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from xlalign import paper
-from xlalign.report import published_side_by_side, write_side_by_side
-from xlalign.tables import SCHEMA_COLUMNS, write_table
+from xlalign.report.build import published_side_by_side, write_side_by_side
+from xlalign.report.tables import SCHEMA_COLUMNS, write_table
 
 
 def _ours(table, rows):

@@ -1,11 +1,11 @@
-"""xlalign.shared_prompt: one prefill per prompt gives the concatenated forward's completion logits."""
+"""xlalign.training.shared_prompt: one prefill per prompt gives the concatenated forward's completion logits."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from xlalign.shared_prompt import shared_prompt_logits, split_pairs, token_logps
+from xlalign.training.shared_prompt import shared_prompt_logits, split_pairs, token_logps
 
 PROMPTS = [[5, 17, 23, 9, 41, 8], [7, 3, 99], [12, 13, 14, 15]]
 COMPLETIONS = [

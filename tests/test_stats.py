@@ -1,11 +1,11 @@
-"""Tests for xlalign.stats against scipy references and hand-computed values."""
+"""Tests for xlalign.evaluation.stats against scipy references and hand-computed values."""
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from xlalign.stats import (
+from xlalign.evaluation.stats import (
     EXACT_BELOW,
     bootstrap_ci,
     bootstrap_rest_avg_ci,

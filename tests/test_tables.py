@@ -1,4 +1,4 @@
-"""Tests for xlalign.tables: tidy schema, paper formatting, writing and round-trips."""
+"""Tests for xlalign.report.tables: tidy schema, paper formatting, writing and round-trips."""
 
 import sys
 
@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xlalign.metrics import ac3, consistency, is_correct
-from xlalign.stats import bootstrap_ci, bootstrap_rest_avg_ci
-from xlalign.tables import (
+from xlalign.evaluation.metrics import ac3, consistency, is_correct
+from xlalign.evaluation.stats import bootstrap_ci, bootstrap_rest_avg_ci
+from xlalign.report.tables import (
     LANG_NAMES,
     SCHEMA_COLUMNS,
     calm_table,

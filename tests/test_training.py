@@ -17,16 +17,9 @@ import torch
 from transformers import TrainerCallback
 
 from xlalign.models import load_model
-from xlalign.training import (
-    AlignmentError,
-    GroupedBatchSampler,
-    GroupedTrainingMixin,
-    MetaCollator,
-    derive_profile,
-    read_batch_logs,
-    train_preference,
-    verify_batch_log,
-)
+from xlalign.training.run import derive_profile, read_batch_logs, train_preference, verify_batch_log
+from xlalign.training.sampling import AlignmentError, GroupedBatchSampler
+from xlalign.training.trainers import GroupedTrainingMixin, MetaCollator
 
 REPO = Path(__file__).resolve().parents[1]
 LANGS = ["en", "ar", "es", "fr", "zh"]
@@ -318,7 +311,7 @@ def orpo_pair(tiny_model_and_tokenizer, tiny_pref_rows, tmp_path):
     from datasets import Dataset
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    from xlalign.training import _orpo_classes
+    from xlalign.training.trainers import _orpo_classes
 
     model, tokenizer = tiny_model_and_tokenizer
     pos = next(r for r in tiny_pref_rows if r["sample_id"].endswith(".pos") and r["lang"] == "en")
@@ -433,7 +426,7 @@ def test_dpo_compact_lm_head_equals_stock_and_projects_only_completions(
     from trl import DPOConfig, DPOTrainer
     from trl.kernels import ChunkedLogProbFunction
 
-    from xlalign.training import compact_fused_lm_head
+    from xlalign.training.trainers import compact_fused_lm_head
 
     model, tokenizer = tiny_model_and_tokenizer
     rows = [r for r in tiny_pref_rows if r["lang"] in ("en", "zh")][:4]

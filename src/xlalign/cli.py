@@ -47,8 +47,8 @@ def cmd_prepare_model(args) -> None:
 
 
 def cmd_build_data(args) -> None:
-    from xlalign.data import build_probe_data, save_probe_data, token_length_table
     from xlalign.models import load_tokenizer
+    from xlalign.probe.dataset import build_probe_data, save_probe_data, token_length_table
     from xlalign.runs import start_run
 
     profile = _profile(args)
@@ -61,10 +61,10 @@ def cmd_build_data(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from xlalign.data import build_probe_data
     from xlalign.models import load_model
+    from xlalign.probe.dataset import build_probe_data
     from xlalign.runs import start_run
-    from xlalign.training import train_preference
+    from xlalign.training.run import train_preference
 
     profile = _profile(args)
     run = start_run(profile, args.run_dir, label="train", resume=bool(args.run_dir))
@@ -97,10 +97,10 @@ def _jsonable(obj):
 
 
 def cmd_evaluate(args) -> None:
-    from xlalign import metrics
-    from xlalign.data import build_probe_data
+    from xlalign.evaluation import metrics
     from xlalign.experiments import eval_subset, evaluate
     from xlalign.models import load_tokenizer
+    from xlalign.probe.dataset import build_probe_data
     from xlalign.runs import start_run
 
     profile = _profile(args)
@@ -165,11 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from xlalign.corpus import CorpusError
     from xlalign.models import ModelUnavailableError
     from xlalign.pipeline import NotebookFailed
     from xlalign.runs import RunMismatchError
-    from xlalign.training import AlignmentError
+    from xlalign.sources.corpus import CorpusError
+    from xlalign.training.sampling import AlignmentError
 
     try:
         args.fn(args)

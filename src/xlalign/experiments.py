@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from xlalign import stats, tables
 from xlalign.config import Profile, derive, load_profile
-from xlalign.data import ProbeData, build_probe_data, save_probe_data
+from xlalign.evaluation import stats
+from xlalign.probe.dataset import ProbeData, build_probe_data, save_probe_data
+from xlalign.report import tables
 from xlalign.runs import Run
 
 
@@ -68,7 +69,7 @@ def evaluate(
     tokenizer=None,
 ) -> pd.DataFrame:
     """Evaluate base or adapter model on ``rows``; predictions go to ``eval/<label>/predictions.jsonl``."""
-    from xlalign.evaluation import evaluate_probe, load_eval_model
+    from xlalign.evaluation.predictions import evaluate_probe, load_eval_model
 
     out = run.sub("eval", label) / "predictions.jsonl"
     wanted = {r["item_id"] for r in rows}
@@ -106,7 +107,7 @@ def same_training(run: Run, profile: Profile) -> Path | None:
 
     The ablations share runs with notebook 03: aligned ORPO at batch size 7 *is* notebook 03's aligned
     ORPO run when the step budgets agree, so it is trained once."""
-    from xlalign.training import training_signature
+    from xlalign.training.run import training_signature
 
     want = json.loads(json.dumps(training_signature(profile, profile.train.method)))
     for cfg in sorted((run.path / "train").glob("*/xlalign_train_config.json")):
@@ -123,7 +124,7 @@ def adapter_label(info: dict) -> str:
 def train(profile: Profile, run: Run, label: str, data: ProbeData) -> dict:
     """Train one adapter into ``train/<label>``; a finished run is reused, an interrupted one resumes,
     and a finished run of the same configuration under another label is used instead of retraining."""
-    from xlalign.training import train_preference
+    from xlalign.training.run import train_preference
 
     out = run.path / "train" / label
     done = out / "train_result.json"
@@ -408,8 +409,8 @@ def unseen_languages(profile: Profile, run: Run) -> dict:
 
 def out_of_domain(profile: Profile, run: Run) -> pd.DataFrame:
     """lm-eval benchmarks for the base model and the aligned adapter (local tasks off the paper profile)."""
-    from xlalign import benchmarks
-    from xlalign.evaluation import load_eval_model
+    from xlalign.evaluation import benchmarks
+    from xlalign.evaluation.predictions import load_eval_model
 
     method = "orpo" if "orpo" in profile.experiments.methods else profile.experiments.methods[0]
     adapter = run.path / "train" / f"{method}-aligned" / "adapter"

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from xlalign.evaluation import (
+from xlalign.evaluation.scoring import (
     _batches,
     _decode_new,
     _eval_mode,

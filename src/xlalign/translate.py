@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 
-from xlalign.corpus import TopicRecord
+from xlalign.sources.corpus import TopicRecord
 
 # NLLB-200 / M2M100 language codes for the languages the project uses.
 NLLB_CODES = {

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from xlalign.metrics import (
+from xlalign.evaluation.metrics import (
     ac3,
     accuracy_by_language,
     consistency,
@@ -18,7 +18,7 @@ from xlalign.metrics import (
     rest_avg,
     validate_predictions,
 )
-from xlalign.stats import bootstrap_ci, bootstrap_rest_avg_ci
+from xlalign.evaluation.stats import bootstrap_ci, bootstrap_rest_avg_ci
 
 SCHEMA_COLUMNS = ["table", "block", "model", "column", "value", "delta", "ci_low", "ci_high"]
 

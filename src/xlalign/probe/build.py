@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xlalign.corpus import CorpusError, TopicRecord
+from xlalign.sources.corpus import CorpusError, TopicRecord
 
 ANSWER_PRESENT = "Yes, answer is present"
 ANSWER_ABSENT = "I don't know"

@@ -13,7 +13,12 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 
-from xlalign.metrics import accuracy_by_language, is_correct, rest_avg, validate_predictions
+from xlalign.evaluation.metrics import (
+    accuracy_by_language,
+    is_correct,
+    rest_avg,
+    validate_predictions,
+)
 
 EXACT_BELOW = 25  # discordant pairs b + c below this use the exact binomial McNemar test
 _CHUNK = 250  # bootstrap resamples per matrix product, bounds memory on large item sets

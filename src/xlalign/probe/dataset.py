@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from xlalign import probe
 from xlalign.config import Profile
-from xlalign.corpus import load_corpus
+from xlalign.probe import build as probe
+from xlalign.sources.corpus import load_corpus
 from xlalign.translate import make_translator, translate_corpus
 
 

@@ -1,23 +1,18 @@
-"""Probe evaluation: score both answers from one cached forward pass, or generate and parse them.
+"""Probe answers without generation: first-token log-probs of both answers from one cached forward.
 
-Per-item predictions go to JSONL batch by batch, so an interrupted run resumes where it stopped.
+Also the NoMIRACL-compatible parser and greedy generation for the probe's generation mode.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
 import re
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
-import pandas as pd
 import torch
 
-from xlalign.probe import ANSWER_ABSENT, ANSWER_PRESENT, render_prompt
+from xlalign.probe.build import ANSWER_ABSENT, ANSWER_PRESENT
 
 log = logging.getLogger(__name__)
 
@@ -346,194 +341,3 @@ def generate_prompts(
                 raw = _decode_new(tokenizer, row, stop)
                 results.append({"raw": raw, "pred": parse_nomiracl(raw)})
     return results
-
-
-# --------------------------------------------------------------------------- probe evaluation
-
-
-def _read_predictions(path: Path) -> list[dict]:
-    """Records already in ``path``, repairing the end of a file left by an interrupted write."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    records = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if lineno == len(lines):  # the last line, no newline after it: a torn write
-                log.warning("%s: dropping a partial last line left by an interrupted run", path)
-                with path.open("r+b") as fh:
-                    fh.truncate(len(data) - len(line))
-                return records
-            raise ValueError(f"{path}:{lineno} is not valid JSON ({exc}); delete the file") from exc
-    if lines[-1].strip():
-        # A complete record that lost only its newline: restore it so the next append starts
-        # on a line of its own.
-        with path.open("ab") as fh:
-            fh.write(b"\n")
-    return records
-
-
-def _check_resume(done: list[dict], by_id: dict[str, dict], mode: str, path: Path) -> None:
-    ids = [r.get("item_id") for r in done]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{path} holds duplicate item_ids; it was not written by evaluate_probe")
-    foreign = [i for i in ids if i not in by_id]
-    if foreign:
-        raise ValueError(
-            f"{path} holds {len(foreign)} item(s) that are not in rows, e.g. {foreign[:3]}: it "
-            "belongs to a different item set. Use another out_path or delete the file to start over"
-        )
-    modes = {r.get("mode") for r in done}
-    if modes - {mode}:
-        raise ValueError(
-            f"{path} holds {sorted(map(str, modes))} predictions; cannot resume as {mode!r}"
-        )
-    relabeled = [r["item_id"] for r in done if r.get("label") != by_id[r["item_id"]]["label"]]
-    if relabeled:
-        raise ValueError(
-            f"{path}: gold labels differ from rows for {relabeled[:3]}; delete the file"
-        )
-
-
-def _record(row: dict, out: dict, mode: str) -> dict:
-    pred = out["pred"]
-    return {
-        "item_id": row["item_id"],
-        "sample_id": row["sample_id"],
-        "query_id": row["query_id"],
-        "lang": row["lang"],
-        "label": row["label"],
-        "pred": pred,
-        "correct": pred == row["label"],  # the label is never Invalid, so Invalid is wrong
-        "invalid": pred == INVALID,
-        "raw": out.get("raw"),
-        **{c: out.get(c) for c in SCORE_COLUMNS},
-        "mode": mode,
-    }
-
-
-def evaluate_probe(
-    model,
-    tokenizer,
-    rows: Sequence[dict],
-    out_path: str | os.PathLike,
-    mode: str = "scoring",
-    prompt_format: str = "auto",
-    batch_size: int = 8,
-    max_new_tokens: int = 12,
-    progress: bool = True,
-    generation_kwargs: dict | None = None,
-) -> pd.DataFrame:
-    """Evaluate probe ``rows`` and return one prediction row per item (columns ``PRED_COLUMNS``).
-
-    Prompts are rendered with ``probe.render_prompt`` -- the text training used. Predictions are
-    appended to ``out_path`` (JSONL) and flushed after every batch; items already there are
-    skipped, so a rerun resumes. The file must hold a subset of ``rows`` scored in the same
-    ``mode``, otherwise ValueError. Items are batched longest first to limit padding, and the
-    returned frame (old + new items) follows the order of ``rows``.
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r}; choose one of {', '.join(MODES)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    rows = list(rows)
-    if not rows:
-        raise ValueError("rows is empty: there are no probe items to evaluate")
-    by_id: dict[str, dict] = {}
-    for r in rows:
-        if r["item_id"] in by_id:
-            raise ValueError(f"item_id {r['item_id']!r} occurs more than once in rows")
-        by_id[r["item_id"]] = r
-    path = Path(out_path)
-    done = _read_predictions(path)
-    _check_resume(done, by_id, mode, path)
-    done_ids = {r["item_id"] for r in done}
-    pending = [r for r in rows if r["item_id"] not in done_ids]
-    rendered = {r["item_id"]: render_prompt(r["prompt"], tokenizer, prompt_format) for r in pending}
-    lengths = {i: len(encode(tokenizer, text)) for i, text in rendered.items()}
-    pending.sort(key=lambda r: -lengths[r["item_id"]])  # stable: ties keep the order of rows
-
-    from tqdm.auto import tqdm
-
-    new: list[dict] = []
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        path.open("a", encoding="utf-8") as fh,
-        tqdm(
-            total=len(rows), initial=len(done), disable=not progress, desc=mode, unit="item"
-        ) as bar,
-    ):
-        for batch in _batches(pending, batch_size):
-            prompts = [rendered[r["item_id"]] for r in batch]
-            if mode == "scoring":
-                outs = score_prompts(model, tokenizer, prompts, batch_size=len(batch))
-            else:
-                outs = generate_prompts(
-                    model, tokenizer, prompts, max_new_tokens, len(batch), generation_kwargs
-                )
-            records = [_record(r, o, mode) for r, o in zip(batch, outs, strict=True)]
-            fh.write("".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
-            fh.flush()
-            os.fsync(fh.fileno())
-            new.extend(records)
-            bar.update(len(batch))
-
-    order = {item_id: i for i, item_id in enumerate(by_id)}
-    frame = pd.DataFrame(done + new, columns=list(PRED_COLUMNS))
-    frame = frame.sort_values("item_id", key=lambda s: s.map(order)).reset_index(drop=True)
-    # Generation mode has no scores: None in the file, NaN (not object) in the frame.
-    return frame.astype({"correct": bool, "invalid": bool, **dict.fromkeys(SCORE_COLUMNS, float)})
-
-
-def load_eval_model(profile, adapter_dir: str | os.PathLike | None = None):
-    """(model, tokenizer) of the profile's model, plus the LoRA adapter in ``adapter_dir``."""
-    from xlalign.models import load_model
-
-    model, tokenizer = load_model(profile)
-    if adapter_dir is not None:
-        adapter = Path(adapter_dir)
-        if not (adapter / "adapter_config.json").exists():
-            raise FileNotFoundError(
-                f"{adapter} holds no adapter_config.json; pass the directory a training run saved "
-                "its LoRA adapter to, or adapter_dir=None for the base model"
-            )
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter))  # inference-only by default
-    model.eval()
-    return model, tokenizer
-
-
-def agreement(scoring_df: pd.DataFrame, generation_df: pd.DataFrame) -> dict:
-    """How often generation, where it gives a valid answer, decides as scoring does.
-
-    Both frames must cover the same items. ``agreement`` = n_agree / n_generation_valid (NaN when
-    generation is never valid); ``agree_over_all`` = n_agree / n_items.
-    """
-    from xlalign.metrics import is_invalid
-
-    frames = {"scoring_df": scoring_df, "generation_df": generation_df}
-    for name, df in frames.items():
-        if df["item_id"].duplicated().any():
-            raise ValueError(f"{name} repeats item_ids")
-    scored = scoring_df.set_index("item_id")["pred"]
-    generated = generation_df.set_index("item_id")["pred"]
-    if set(scored.index) != set(generated.index):
-        diff = sorted(set(scored.index) ^ set(generated.index))
-        raise ValueError(f"the two frames cover different items, e.g. {diff[:3]}")
-    generated = generated.reindex(scored.index)
-    valid = ~is_invalid(generated)
-    agree = valid & generated.eq(scored)
-    n_items, n_valid, n_agree = len(scored), int(valid.sum()), int(agree.sum())
-    return {
-        "n_items": n_items,
-        "n_generation_valid": n_valid,
-        "n_agree": n_agree,
-        "agreement": n_agree / n_valid if n_valid else math.nan,
-        "agree_over_all": n_agree / n_items if n_items else math.nan,
-    }

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from xlalign import figures, paper, tables
+from xlalign import paper
 from xlalign.config import REPO_ROOT
+from xlalign.report import figures, tables
 from xlalign.runs import Run
 
 # XLALIGN_FIGURES lets tests and scratch runs write figures elsewhere than the repository's figures/.

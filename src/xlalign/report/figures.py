@@ -19,7 +19,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from xlalign.paper import (
+from xlalign.paper.tables import (
     LANGUAGES,
     MODEL_PARAMS_B,
     canonical_model,

@@ -1,0 +1,52 @@
+"""CALM (Wang et al.): sample chain-of-thought answers per language, vote across languages, pair the
+voted answer against inconsistent ones, DPO with LoRA. prompts -> parse -> items -> vote -> pairs -> variants -> pipeline.
+"""
+
+from xlalign.calm.items import (  # noqa: F401
+    corpus_items,
+    group_items,
+    split_questions,
+)
+from xlalign.calm.pairs import (  # noqa: F401
+    PairSet,
+    build_pairs,
+    ground_truth_pairs,
+    gt_sft_rows,
+    pair_counts,
+    sft_rows,
+)
+from xlalign.calm.parse import (  # noqa: F401
+    parse_letter,
+    split_answer,
+)
+from xlalign.calm.pipeline import (  # noqa: F401
+    load_calm_items,
+    run_calm,
+)
+from xlalign.calm.prompts import (  # noqa: F401
+    INVALID,
+    LETTERS,
+    TEMPLATES,
+    LangTemplate,
+    build_prompt,
+    format_completion,
+    template,
+)
+from xlalign.calm.variants import (  # noqa: F401
+    PAPER_BLOCKS,
+    calm_train_profile,
+    predict,
+    results_table,
+    score,
+    trainer_rows,
+)
+from xlalign.calm.vote import (  # noqa: F401
+    Sample,
+    SamplerFn,
+    Vote,
+    majority_vote,
+    render_prompts,
+    sample_answers,
+    vote_accuracy,
+    vote_all,
+)

@@ -1,0 +1,202 @@
+"""Train and evaluate one CALM variant (CALM, SFT, GT-DPO, GT-SFT) with the shared trainer.
+
+Greedy evaluation, scoring (accuracy, Consistency_2, AC3) and the Tables 1/3 results table.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from xlalign.calm.parse import parse_letter
+from xlalign.calm.prompts import INVALID
+from xlalign.config import Profile
+
+# --------------------------------------------------------------------------- training
+
+
+def trainer_rows(rows: Sequence[dict], batching: str, columns: Sequence[str]) -> list[dict]:
+    """Rows keyed for the trainer's ``clustered`` sampler, which needs unique (sample_id, lang).
+
+    CALM has several pairs per question and language, so the keys carry a per-(question,
+    language) counter. ``aligned`` (beyond the paper): sample_id = question, lang = "fr#1", so a
+    question's pairs stay together in consecutive batches. ``shuffled`` (the paper): every pair is
+    its own group, so ``clustered`` shuffles pairs freely. (``uncoupled`` cannot serve here: it keeps
+    ``batch_size`` languages per group and refuses groups that lack a language.)
+    """
+    seen: Counter = Counter()
+    out = []
+    for r in rows:
+        base = (r["qid"], r["lang"])
+        k = seen[base]
+        seen[base] += 1
+        if batching == "aligned":
+            sid, tag = r["qid"], f"{r['lang']}#{k}"
+        else:
+            sid, tag = f"{r['qid']}|{r['lang']}#{k}", r["lang"]
+        out.append({c: r[c] for c in columns} | {"sample_id": sid, "lang": tag})
+    return out
+
+
+def calm_train_profile(profile: Profile, method: str, batch_size: int) -> Profile:
+    """The derived profile the shared trainer runs CALM with (paper Table 5 hyperparameters)."""
+    c = profile.calm
+    sft = method == "sft"
+    return replace(
+        profile,
+        train=replace(
+            profile.train,
+            method=method,
+            batching="clustered",
+            batch_size=batch_size,
+            include_english=False,  # only the probe's aligned sampler reads it
+            grad_accum=1,
+            learning_rate=c.sft_learning_rate if sft else c.learning_rate,
+            beta=c.beta,
+            epochs=c.epochs,
+            max_steps=c.max_steps,
+            lr_scheduler=c.lr_scheduler,
+            warmup_ratio=0.0 if sft else c.warmup_ratio,  # Table 5: SFT has no warmup
+        ),
+        lora=c.lora,
+    )
+
+
+def _train_variant(profile, method, rows, batching, batch_size, out_dir, model, tokenizer) -> dict:
+    from xlalign.training.run import train_preference, train_sft
+
+    if not rows:
+        return {"skipped": "no training rows"}
+    bs = max(1, min(batch_size, len(rows)))
+    prof = calm_train_profile(profile, method, bs)
+    columns = ("prompt", "completion") if method == "sft" else ("prompt", "chosen", "rejected")
+    data = trainer_rows(rows, batching, columns)
+    # Each variant trains its own copy: peft injects LoRA layers into the model it is given.
+    policy = copy.deepcopy(model)
+    if method == "sft":
+        result = train_sft(prof, data, out_dir, model=policy, tokenizer=tokenizer)
+    else:
+        result = train_preference(prof, data, out_dir, model=policy, tokenizer=tokenizer)
+    del policy
+    return {
+        "rows": len(rows),
+        "batch_size": bs,
+        "batching": batching,
+        "steps": result.steps,
+        "wall_time_s": result.wall_time_s,
+        "adapter_dir": str(result.adapter_dir),
+        "train_loss": result.metrics.get("train_loss"),
+    }
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def predict(
+    model,
+    tokenizer,
+    questions: dict[str, dict[str, Any]],
+    langs: Sequence[str],
+    prompts: dict[tuple[str, str], str],
+    max_new_tokens: int,
+    batch_size: int,
+) -> pd.DataFrame:
+    """Greedy CoT answers with the sampling prompt, parsed: one row per (question, language)."""
+    from xlalign.generation import greedy_generate
+
+    keys = [(q, lang) for q in questions for lang in langs]
+    texts = greedy_generate(
+        model, tokenizer, [prompts[k] for k in keys], max_new_tokens, batch_size
+    )
+    rows = []
+    for (q, lang), raw in zip(keys, texts, strict=True):
+        item = questions[q][lang]
+        letter = parse_letter(raw, lang, len(item.options))
+        rows.append(
+            {
+                "item_id": f"{q}.{lang}",
+                "sample_id": q,
+                "lang": lang,
+                "label": item.answer,
+                "pred": letter or INVALID,
+                "correct": letter == item.answer,
+                "raw": raw,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def score(preds: pd.DataFrame) -> dict:
+    """Per-language accuracy, ACC_avg, Consistency_2 and AC3 (percent), via xlalign.evaluation.metrics."""
+    from xlalign.evaluation.metrics import summarize
+
+    s = summarize(preds, s=2)
+    return {
+        "accuracy": {k: float(v) for k, v in s["accuracy"].items()},
+        "acc_avg": s["acc_avg"],
+        "consistency": s["consistency"],
+        "ac3": s["ac3"],
+        "invalid_rate": {k: float(v) for k, v in s["invalid_rate"].items()},
+    }
+
+
+# Our variant names -> the block names of the transcribed CALM Tables 1 and 3 (data/paper).
+PAPER_BLOCKS = {
+    "base": "base",
+    "sft": "sft",
+    "calm": "calm",
+    "gt_sft": "sft_gt",
+    "gt_dpo": "dpo_gt",
+}
+
+
+def results_table(
+    calm_dir: str | Path,
+    model: str,
+    langs: Sequence[str],
+    seed: int = 0,
+    n_resamples: int = 1000,
+) -> pd.DataFrame:
+    """CALM Tables 1 and 3 in the tidy schema, from ``calm_dir/predictions/<variant>.jsonl``.
+
+    One block per evaluated variant (named as in the papers' tables where they have one), accuracy
+    per language with bootstrap CIs, ACC_avg, Consistency_2 and AC3, and gains over ``base``.
+    """
+    from xlalign.report.tables import calm_table
+
+    pred_dir = Path(calm_dir) / "predictions"
+    files = {f.stem: f for f in sorted(pred_dir.glob("*.jsonl"))}
+    if "base" not in files:
+        raise FileNotFoundError(f"{pred_dir}: no base.jsonl; run the CALM chain first")
+    order = [n for n in PAPER_BLOCKS if n in files] + [n for n in files if n not in PAPER_BLOCKS]
+    frames, base = [], None
+    for name in order:
+        preds = pd.read_json(files[name], lines=True, dtype={"sample_id": str, "label": str})
+        tidy = calm_table(
+            preds,
+            "ours_calm_t01_03",
+            PAPER_BLOCKS.get(name, name),
+            model,
+            langs,
+            baseline=base,
+            with_ci=True,
+            seed=seed,
+            n_resamples=n_resamples,
+        )
+        base = tidy if name == "base" else base
+        frames.append(tidy)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _load_adapter(model, adapter_dir: str):
+    from peft import PeftModel
+
+    tuned = PeftModel.from_pretrained(copy.deepcopy(model), adapter_dir)
+    tuned.eval()
+    return tuned

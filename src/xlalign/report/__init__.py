@@ -1,0 +1,1 @@
+"""Our runs' tables in the papers' layouts (``tables``), figures (``figures``) and the summary report (``build``)."""

@@ -1,0 +1,139 @@
+"""Aligned, uncoupled and clustered batch plans, the collator that keeps each row's group, and batch logs.
+
+A plan depends only on (seed, epoch), so every process computes the same one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from torch.utils.data import Sampler
+
+META_KEYS = ("sample_id", "lang")
+
+
+class AlignmentError(RuntimeError):
+    """A batch broke the promised composition, or a group lost members before training."""
+
+
+# --------------------------------------------------------------------------- sampler
+
+
+class GroupedBatchSampler(Sampler[int]):
+    """Yields indices so that consecutive runs of ``batch_size`` indices form the planned batches.
+
+    - ``aligned``: each batch is one group (one sample_id: same query, same label) in ``batch_size``
+      languages; with fewer languages than the group has, English plus ``batch_size - 1`` others drawn per
+      batch (paper C.3), or ``batch_size`` non-English ones when ``include_english`` is false (C.1).
+    - ``uncoupled``: exactly the examples the aligned plan selects, shuffled across groups and languages,
+      so both runs see the same examples the same number of times in the same number of steps.
+    - ``clustered``: groups kept together in order, batches may straddle two groups (for data whose groups
+      have unequal sizes, such as CALM's per-question pairs).
+
+    The plan depends only on (seed, epoch), so every process computes the same one; the trainer's data
+    loader then hands whole batches to processes round-robin. Batches per epoch are trimmed to a multiple
+    of ``num_replicas * grad_accum`` so that every optimizer step sees whole groups on every process.
+    """
+
+    def __init__(
+        self,
+        sample_ids: list[str],
+        langs: list[str],
+        batch_size: int,
+        batching: str = "aligned",
+        include_english: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        grad_accum: int = 1,
+        anchor: str = "en",
+        require_complete: bool = True,
+    ):
+        if batching not in ("aligned", "uncoupled", "clustered"):
+            raise ValueError(f"unknown batching {batching!r}")
+        self.batch_size, self.batching, self.seed = batch_size, batching, seed
+        self.include_english, self.anchor = include_english, anchor
+        self.unit = max(1, num_replicas) * max(1, grad_accum)
+        self.epoch = 0
+        groups: dict[str, dict[str, int]] = {}
+        for i, (sid, lang) in enumerate(zip(sample_ids, langs, strict=True)):
+            members = groups.setdefault(sid, {})
+            if lang in members:
+                raise AlignmentError(
+                    f"group {sid!r} holds language {lang!r} twice (rows {members[lang]}, {i})"
+                )
+            members[lang] = i
+        if not groups:
+            raise AlignmentError("the training set is empty")
+        self.groups = dict(sorted(groups.items()))
+        self.langs = sorted({lang for m in self.groups.values() for lang in m})
+        if batching != "clustered" and require_complete:
+            incomplete = {
+                s: sorted(set(self.langs) - set(m))
+                for s, m in self.groups.items()
+                if len(m) < len(self.langs)
+            }
+            if incomplete:
+                first = list(incomplete.items())[:5]
+                raise AlignmentError(
+                    f"{len(incomplete)} group(s) lost members before training, e.g. {first}; refusing to train "
+                    "(check the over-length report: drop whole groups, never single languages)"
+                )
+        if batching != "clustered":
+            pool = (
+                [lang for lang in self.langs if lang != anchor]
+                if not include_english
+                else self.langs
+            )
+            if include_english and anchor not in self.langs:
+                raise AlignmentError(
+                    f"an English anchor was requested but the data has no {anchor!r} rows"
+                )
+            if batch_size > len(pool):
+                raise AlignmentError(
+                    f"batch_size={batch_size} is larger than the {len(pool)} languages available per group "
+                    f"({', '.join(pool)})"
+                )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _choose_langs(self, members: dict[str, int], rng: np.random.Generator) -> list[str]:
+        langs = sorted(members)
+        b = self.batch_size
+        if not self.include_english:
+            pool = [lang for lang in langs if lang != self.anchor]
+            return list(rng.choice(pool, size=b, replace=False))
+        others = [lang for lang in langs if lang != self.anchor]
+        return [self.anchor] + list(rng.choice(others, size=b - 1, replace=False))
+
+    def plan(self, epoch: int | None = None) -> list[list[int]]:
+        """The epoch's batches as lists of dataset indices."""
+        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
+        sids = list(self.groups)
+        order = [sids[i] for i in rng.permutation(len(sids))]
+        if self.batching == "clustered":
+            flat = []
+            for sid in order:
+                members = list(self.groups[sid].values())
+                flat += [members[i] for i in rng.permutation(len(members))]
+            batches = [flat[i : i + self.batch_size] for i in range(0, len(flat), self.batch_size)]
+            batches = [b for b in batches if len(b) == self.batch_size]
+        else:
+            batches = [
+                [self.groups[sid][lang] for lang in self._choose_langs(self.groups[sid], rng)]
+                for sid in order
+            ]
+            if self.batching == "uncoupled":
+                flat = [i for b in batches for i in b]
+                flat = [flat[i] for i in rng.permutation(len(flat))]
+                batches = [
+                    flat[i : i + self.batch_size] for i in range(0, len(flat), self.batch_size)
+                ]
+        keep = len(batches) - len(batches) % self.unit
+        return batches[:keep]
+
+    def __iter__(self):
+        for batch in self.plan():
+            yield from batch
+
+    def __len__(self) -> int:
+        return len(self.plan(0)) * self.batch_size
