@@ -37,18 +37,16 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from xlalign.config import load_profile
-from xlalign.models import load_model, load_tokenizer
+from xlalign.config import derive, load_profile
+from xlalign.models import load_model, load_tokenizer, lora_config
 from xlalign.probe.dataset import build_probe_data
-from xlalign.training.run import (
-    _common_args,
-    build_lora_config,
-    derive_profile,
-    read_batch_logs,
-    train_preference,
-)
-from xlalign.training.sampling import GroupedBatchSampler
-from xlalign.training.trainers import _orpo_classes
+from xlalign.training.run import train_preference, trainer_config
+from xlalign.training.sampling import GroupedBatchSampler, read_batch_logs
+from xlalign.training.trainers import AlignedORPOTrainer
+
+
+def with_train(profile, **train):
+    return derive(profile, overrides={f"train.{k}": v for k, v in train.items()})
 
 
 class StepTimer(TrainerCallback):
@@ -154,30 +152,26 @@ def orpo_forward_variants(profile, rows: list[dict], out: Path, reps: int) -> di
     from peft import get_peft_model
     from trl.experimental.orpo import ORPOTrainer
 
-    profile = derive_profile(profile, method="orpo", batching="aligned")
+    profile = with_train(profile, method="orpo", batching="aligned")
     sampler = GroupedBatchSampler(
         [r["sample_id"] for r in rows], [r["lang"] for r in rows], profile.train.batch_size
     )
     batch_rows = [rows[i] for i in sampler.plan(0)[0]]
     model, tokenizer = load_model(profile)
-    model = get_peft_model(model, build_lora_config(profile, model))
-    Config, Aligned = _orpo_classes()
-    args = Config(
-        **_common_args(profile, out),
-        beta=profile.train.beta,
-        max_length=profile.train.max_length,
-        max_completion_length=32,
-    )
+    model = get_peft_model(model, lora_config(profile, model))
+    args = trainer_config(profile, out, "orpo")
     dataset = Dataset.from_list(batch_rows)
     stock = ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    ours = Aligned(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    ours = AlignedORPOTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer
+    )
     batch = stock.data_collator([stock.train_dataset[i] for i in range(len(batch_rows))])
     model.train()
 
     def step(trainer, scope=None, share=False):
         if scope:
-            trainer.xl_nll_scope = scope
-            trainer.xl_share_prompt = share
+            trainer.args.nll_scope = scope
+            trainer.args.share_prompt = share
         model.zero_grad(set_to_none=True)
         loss, _ = trainer.get_batch_loss_metrics(model, batch)
         loss.backward()
@@ -222,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     profile = load_profile(args.profile, overrides=args.overrides)
-    profile = derive_profile(profile, max_steps=args.steps, save_steps=0, logging_steps=1)
+    profile = with_train(profile, max_steps=args.steps, save_steps=0, logging_steps=1)
     out = Path(args.out or tempfile.mkdtemp(prefix="xl-bench-"))
     tokenizer = load_tokenizer(profile)
     rows = select_groups(build_probe_data(profile, tokenizer).train_pref, args.groups)
@@ -238,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     for method in args.methods:
         runs = {}
         for batching in ("aligned", "uncoupled"):
-            p = derive_profile(profile, method=method, batching=batching)
+            p = with_train(profile, method=method, batching=batching)
             runs[batching] = r = train_once(p, rows, out / f"{method}-{batching}")
             print(
                 f"{method:4s} {batching:9s} step {r['step_s']:7.2f} s  "

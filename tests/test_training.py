@@ -16,13 +16,26 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from xlalign.config import derive
 from xlalign.models import load_model
-from xlalign.training.run import derive_profile, read_batch_logs, train_preference, verify_batch_log
-from xlalign.training.sampling import AlignmentError, GroupedBatchSampler
-from xlalign.training.trainers import GroupedTrainingMixin, MetaCollator
+from xlalign.training import trainers
+from xlalign.training.run import train_preference
+from xlalign.training.sampling import (
+    AlignmentError,
+    GroupedBatchSampler,
+    MetaCollator,
+    read_batch_logs,
+    verify_batch_log,
+)
+from xlalign.training.trainers import GroupedTrainingMixin
 
 REPO = Path(__file__).resolve().parents[1]
 LANGS = ["en", "ar", "es", "fr", "zh"]
+
+
+def with_train(profile, **train):
+    """``profile`` with some train fields replaced, through the one derive function."""
+    return derive(profile, overrides={f"train.{k}": v for k, v in train.items()})
 
 
 def grouped_rows(n_groups: int = 10, langs: list[str] = LANGS) -> tuple[list[str], list[str]]:
@@ -183,10 +196,16 @@ def test_unknown_batching_is_refused():
 def test_trainer_sampler_needs_grouping_columns():
     from datasets import Dataset
 
-    stub = GroupedTrainingMixin()
+    stub = GroupedTrainingMixin.__new__(GroupedTrainingMixin)  # only the sampler hook is under test
     stub.train_dataset = Dataset.from_dict({"prompt": ["a", "b"], "sample_id": ["s", "s"]})
-    stub.args = SimpleNamespace(seed=0, world_size=1, gradient_accumulation_steps=1)
-    stub.xl_batch_size, stub.xl_batching, stub.xl_include_english = 2, "aligned", True
+    stub.args = SimpleNamespace(
+        seed=0,
+        world_size=1,
+        gradient_accumulation_steps=1,
+        per_device_train_batch_size=2,
+        batching="aligned",
+        include_english=True,
+    )
     with pytest.raises(AlignmentError, match="lang"):
         stub._get_train_sampler()
 
@@ -254,7 +273,7 @@ def test_train_end_to_end(
 ):
     model, tokenizer = tiny_model_and_tokenizer
     steps = 1 if method == "dpo" else 2  # a DPO step costs ~3x an ORPO step here
-    profile = derive_profile(tiny_profile, method=method, batching=batching, max_steps=steps)
+    profile = with_train(tiny_profile, method=method, batching=batching, max_steps=steps)
     result = train_preference(
         profile, tiny_pref_rows, tmp_path / "run", model=model, tokenizer=tokenizer
     )
@@ -284,7 +303,7 @@ def test_gradient_accumulation_keeps_groups_whole(
     tiny_profile, tiny_model_and_tokenizer, tiny_pref_rows, tmp_path
 ):
     model, tokenizer = tiny_model_and_tokenizer
-    profile = derive_profile(tiny_profile, method="orpo", grad_accum=2, max_steps=2)
+    profile = with_train(tiny_profile, method="orpo", grad_accum=2, max_steps=2)
     result = train_preference(
         profile, tiny_pref_rows, tmp_path / "run", model=model, tokenizer=tokenizer
     )
@@ -311,7 +330,7 @@ def orpo_pair(tiny_model_and_tokenizer, tiny_pref_rows, tmp_path):
     from datasets import Dataset
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    from xlalign.training.trainers import _orpo_classes
+    from xlalign.training.trainers import AlignedORPOConfig, AlignedORPOTrainer
 
     model, tokenizer = tiny_model_and_tokenizer
     pos = next(r for r in tiny_pref_rows if r["sample_id"].endswith(".pos") and r["lang"] == "en")
@@ -321,7 +340,7 @@ def orpo_pair(tiny_model_and_tokenizer, tiny_pref_rows, tmp_path):
     rows = [pos, neg[0], next(r for r in neg if r["lang"] != neg[0]["lang"])]
     torch.manual_seed(0)
     model = _random_lora(model)
-    args = ORPOConfig(
+    common = dict(
         output_dir=str(tmp_path / "orpo"),
         per_device_train_batch_size=3,
         max_length=2048,
@@ -333,9 +352,14 @@ def orpo_pair(tiny_model_and_tokenizer, tiny_pref_rows, tmp_path):
         gradient_checkpointing=False,
     )
     dataset = Dataset.from_list(rows)
-    stock = ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    ours = _orpo_classes()[1](
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer
+    stock = ORPOTrainer(
+        model=model, args=ORPOConfig(**common), train_dataset=dataset, processing_class=tokenizer
+    )
+    ours = AlignedORPOTrainer(
+        model=model,
+        args=AlignedORPOConfig(**common, nll_scope="completion"),
+        train_dataset=dataset,
+        processing_class=tokenizer,
     )
     batch = stock.data_collator([stock.train_dataset[i] for i in range(len(rows))])
     comp = (batch["chosen_labels"] != -100).sum(-1)
@@ -365,7 +389,7 @@ def assert_grads_close(a: dict, b: dict, atol: float = 1e-5) -> None:
 def test_orpo_full_scope_equals_stock_trl(orpo_pair):
     model, stock, ours, batch = orpo_pair
     loss_s, m_s, g_s = loss_and_grads(model, lambda: stock.get_batch_loss_metrics(model, batch))
-    ours.xl_nll_scope = "full"
+    ours.args.nll_scope = "full"
     loss_o, m_o, g_o = loss_and_grads(model, lambda: ours.get_batch_loss_metrics(model, batch))
     torch.testing.assert_close(loss_o, loss_s, atol=1e-5, rtol=0)
     for key in ("nll_loss", "log_odds_ratio", "logps/chosen", "logps/rejected", "rewards/margins"):
@@ -375,7 +399,7 @@ def test_orpo_full_scope_equals_stock_trl(orpo_pair):
 
 def test_orpo_completion_scope_nll_is_completion_cross_entropy(orpo_pair):
     model, stock, ours, batch = orpo_pair
-    ours.xl_nll_scope = "completion"
+    ours.args.nll_scope = "completion"
     with torch.no_grad():
         logps_c, logps_r, *_, nll = ours.concatenated_forward(model, batch)
         stock_c, stock_r, *_, stock_nll = stock.concatenated_forward(model, batch)
@@ -423,16 +447,16 @@ def test_dpo_compact_lm_head_equals_stock_and_projects_only_completions(
     """``compact_fused_lm_head`` gives stock DPO's loss and gradients while projecting only the completion
     positions onto the vocabulary (stock TRL projects every position off Triton devices)."""
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
     from trl.kernels import ChunkedLogProbFunction
 
-    from xlalign.training.trainers import compact_fused_lm_head
+    compact_fused_lm_head = trainers.compact_fused_lm_head
 
     model, tokenizer = tiny_model_and_tokenizer
     rows = [r for r in tiny_pref_rows if r["lang"] in ("en", "zh")][:4]
     torch.manual_seed(0)
     model = _random_lora(model)
-    args = DPOConfig(
+    args = trainers.AlignedDPOConfig(
         output_dir=str(tmp_path / "dpo"),
         per_device_train_batch_size=4,
         max_length=2048,
@@ -565,7 +589,7 @@ def load_adapter(path: Path) -> dict[str, torch.Tensor]:
 
 def test_resume_matches_uninterrupted_run(tiny_profile, tiny_pref_rows, tmp_path):
     assert tiny_profile.lora.dropout == 0.0
-    profile = derive_profile(tiny_profile, method="orpo", max_steps=4, save_steps=2)
+    profile = with_train(tiny_profile, method="orpo", max_steps=4, save_steps=2)
 
     model, tok = load_model(profile)
     full = train_preference(profile, tiny_pref_rows, tmp_path / "a", model=model, tokenizer=tok)
@@ -587,7 +611,7 @@ def test_resume_matches_uninterrupted_run(tiny_profile, tiny_pref_rows, tmp_path
     # A directory with checkpoints: no silent restart, and no resume under another config.
     with pytest.raises(FileExistsError, match="checkpoints"):
         train_preference(profile, tiny_pref_rows, out)
-    other = derive_profile(profile, learning_rate=2e-3)
+    other = with_train(profile, learning_rate=2e-3)
     with pytest.raises(ValueError, match="train.learning_rate"):
         train_preference(other, tiny_pref_rows, out, resume=True)
 
@@ -617,23 +641,80 @@ def test_resume_matches_uninterrupted_run(tiny_profile, tiny_pref_rows, tmp_path
     assert [r["step"] for r in read_batch_logs(out)] == [0, 1, 2, 3]
 
 
+class InterruptAtStepEnd(TrainerCallback):
+    """A kill between checkpoints: step ``step`` has run and logged, and no checkpoint holds it."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Interrupted(f"killed after step {self.step}")
+
+
+def test_resume_bookkeeping_and_finished_runs_are_final(tiny_profile, tiny_pref_rows, tmp_path):
+    """After a kill past the last checkpoint, the logs hold each step once and the result counts the
+    whole run; a half-written checkpoint is skipped; a finished run is reused, never retrained."""
+    profile = with_train(tiny_profile, method="orpo", max_steps=4, save_steps=2)
+    model, tok = load_model(profile)
+    full = train_preference(profile, tiny_pref_rows, tmp_path / "a", model=model, tokenizer=tok)
+
+    out = tmp_path / "b"
+    model, tok = load_model(profile)
+    with pytest.raises(Interrupted):
+        train_preference(
+            profile, tiny_pref_rows, out, model=model, tokenizer=tok,
+            callbacks=[InterruptAtStepEnd(3)],
+        )  # fmt: skip
+    logged = [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert 3 in logged  # the killed segment logged step 3, which checkpoint-2 does not hold
+    # A kill while saving checkpoint-3 left it without trainer state.
+    (out / "checkpoint-3").mkdir()
+    (out / "checkpoint-3" / "adapter_model.safetensors").write_bytes(b"torn")
+
+    model, tok = load_model(profile)
+    recorder = StepRecorder()
+    resumed = train_preference(
+        profile, tiny_pref_rows, out, model=model, tokenizer=tok, resume=True, callbacks=[recorder]
+    )
+    assert recorder.steps == [3, 4]  # from checkpoint-2, not the torn checkpoint-3
+    steps = [
+        json.loads(x)["step"]
+        for x in (out / "train_log.jsonl").read_text().splitlines()
+        if '"loss"' in x
+    ]
+    assert steps == [1, 2, 3, 4]
+    assert [r["step"] for r in read_batch_logs(out)] == [0, 1, 2, 3]
+    assert resumed.tokens == full.tokens > 0
+    assert resumed.metrics["train_loss"] == pytest.approx(full.metrics["train_loss"], rel=1e-4)
+    assert resumed.wall_time_s > 0
+
+    # Finished: a rerun trains nothing and leaves adapter and result untouched.
+    result_file, adapter = out / "train_result.json", out / "adapter" / "adapter_model.safetensors"
+    before = (result_file.read_bytes(), adapter.stat().st_mtime_ns)
+    recorder = StepRecorder()
+    again = train_preference(profile, tiny_pref_rows, out, resume=True, callbacks=[recorder])
+    assert recorder.steps == [] and again.steps == 4
+    assert (result_file.read_bytes(), adapter.stat().st_mtime_ns) == before
+    with pytest.raises(ValueError, match="train.learning_rate"):
+        train_preference(with_train(profile, learning_rate=2e-3), tiny_pref_rows, out)
+
+
 def test_orpo_shared_prompt_equals_concatenated_completion_forward(orpo_pair, monkeypatch):
     """Encoding each prompt once (``train.share_prompt``) changes no loss, metric or gradient."""
-    from xlalign import training
-
     model, stock, ours, batch = orpo_pair
-    ours.xl_nll_scope = "completion"
-    ours.xl_share_prompt = False
+    ours.args.nll_scope = "completion"
+    ours.args.share_prompt = False
     loss_a, m_a, g_a = loss_and_grads(model, lambda: ours.get_batch_loss_metrics(model, batch))
     calls = []
-    real = training.shared_prompt_logits
+    real = trainers.shared_prompt_logits
 
     def counting(*args, **kwargs):
         calls.append(len(args[1]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "shared_prompt_logits", counting)
-    ours.xl_share_prompt = True
+    monkeypatch.setattr(trainers, "shared_prompt_logits", counting)
+    ours.args.share_prompt = True
     loss_b, m_b, g_b = loss_and_grads(model, lambda: ours.get_batch_loss_metrics(model, batch))
     assert calls == [batch["chosen_labels"].shape[0]]
     torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=0)
@@ -648,9 +729,6 @@ def test_dpo_shared_prompt_equals_stock_loss_metrics_and_gradients(
     """Our DPO loss with each prompt encoded once equals TRL's ``_compute_loss`` (values, gradients and
     logged metrics) on a batch whose prompts and completions differ in length."""
     from datasets import Dataset
-    from trl import DPOConfig
-
-    from xlalign import training
 
     model, tokenizer = tiny_model_and_tokenizer
     pos = [r for r in tiny_pref_rows if r["sample_id"].endswith(".pos")][:2]
@@ -658,7 +736,7 @@ def test_dpo_shared_prompt_equals_stock_loss_metrics_and_gradients(
     rows = pos + neg
     torch.manual_seed(0)
     model = _random_lora(model)
-    args = DPOConfig(
+    args = trainers.AlignedDPOConfig(
         output_dir=str(tmp_path / "dpo"),
         per_device_train_batch_size=4,
         max_length=2048,
@@ -670,7 +748,7 @@ def test_dpo_shared_prompt_equals_stock_loss_metrics_and_gradients(
         gradient_checkpointing=False,
         precompute_ref_log_probs=False,
     )
-    trainer = training._dpo_classes()[1](
+    trainer = trainers.AlignedDPOTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
     )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
@@ -685,13 +763,13 @@ def test_dpo_shared_prompt_equals_stock_loss_metrics_and_gradients(
     assert len(set(comp.tolist())) > 1 and len(set(batch["attention_mask"].sum(-1).tolist())) > 2
     model.train()
     calls = []
-    real = training.shared_prompt_logits
+    real = trainers.shared_prompt_logits
     monkeypatch.setattr(
-        training, "shared_prompt_logits", lambda *a, **k: calls.append(1) or real(*a, **k)
+        trainers, "shared_prompt_logits", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
 
     def run(share: bool):
-        trainer.xl_share_prompt = share
+        trainer.args.share_prompt = share
         trainer._metrics["train"].clear()
         model.zero_grad(set_to_none=True)
         loss = trainer._compute_loss(model, dict(batch), return_outputs=False)
@@ -699,7 +777,7 @@ def test_dpo_shared_prompt_equals_stock_loss_metrics_and_gradients(
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         return loss.detach(), {k: v[-1] for k, v in trainer._metrics["train"].items()}, grads
 
-    with training.compact_fused_lm_head():
+    with trainers.compact_fused_lm_head():
         loss_s, m_s, g_s = run(False)
     assert calls == []
     loss_o, m_o, g_o = run(True)

@@ -1,32 +1,37 @@
 """Train one adapter from a profile: build the TRL config and trainer, resume, save, record.
 
-A directory's recorded training signature must match for a resume.
+A finished directory is final (reused, never retrained); an interrupted one resumes from its last
+complete checkpoint, and only when its recorded training signature matches.
+
+    from xlalign.training.run import train_preference
+    result = train_preference(profile, rows, "runs/<id>/train/orpo-aligned", resume=True)
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
-from xlalign.config import LoraSection, Profile
+from xlalign.config import Profile
 from xlalign.training.sampling import META_KEYS, AlignmentError
-from xlalign.training.trainers import (
-    MetaCollator,
-    _dpo_classes,
-    _JsonlLogCallback,
-    _orpo_classes,
-    _sft_classes,
-)
 
-# --------------------------------------------------------------------------- entry points
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "train_result.json"
+SIGNATURE_FILE = "xlalign_train_config.json"
+WALL_FILE = "xlalign_wall_time.json"  # inside each checkpoint: training seconds up to that step
 
 
 @dataclass
 class TrainResult:
+    """What one training run produced; ``train_result.json`` holds the same fields."""
+
     output_dir: Path
     adapter_dir: Path
     steps: int
@@ -43,6 +48,11 @@ class TrainResult:
             "batch_logs": [str(p) for p in self.batch_logs]
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainResult:
+        paths = {k: Path(d[k]) for k in ("output_dir", "adapter_dir", "train_log")}
+        return cls(**(d | paths | {"batch_logs": [Path(p) for p in d["batch_logs"]]}))
+
 
 def training_signature(profile: Profile, method: str) -> dict:
     """What must match for a resume to be valid: everything that shapes the optimisation."""
@@ -56,21 +66,6 @@ def training_signature(profile: Profile, method: str) -> dict:
     }
 
 
-def _check_resume(out: Path, signature: dict) -> None:
-    path = out / "xlalign_train_config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(signature)):
-            diffs = _dict_diff(old, json.loads(json.dumps(signature)))
-            raise ValueError(
-                f"{out} holds a checkpoint of a different config ({'; '.join(diffs[:5])}); "
-                "use a new output directory or the same config"
-            )
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(signature, indent=2))
-
-
 def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):
@@ -82,14 +77,75 @@ def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def build_lora_config(profile: Profile, model, section: LoraSection | None = None):
-    """Kept for callers of this module; the one implementation is ``models.lora_config``."""
-    from xlalign.models import lora_config
+def _check_signature(out: Path, signature: dict) -> None:
+    path = out / SIGNATURE_FILE
+    want = json.loads(json.dumps(signature))
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != want:
+            diffs = _dict_diff(old, want)
+            raise ValueError(
+                f"{out} holds a training run of a different config ({'; '.join(diffs[:5])}); "
+                "use a new output directory or the same config"
+            )
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(signature, indent=2))
 
-    return lora_config(profile, model, section)
+
+def finished_result(out: Path, signature: dict) -> TrainResult | None:
+    """The recorded result of a finished run in ``out`` with this signature (a finished run is final)."""
+    done = Path(out) / RESULT_FILE
+    if not done.exists():
+        return None
+    _check_signature(Path(out), signature)
+    return TrainResult.from_dict(json.loads(done.read_text()))
 
 
-def _common_args(profile: Profile, out: Path) -> dict:
+def _is_complete_checkpoint(path: Path) -> bool:
+    """A checkpoint a kill left half-written lacks its trainer state or its weights."""
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+    return weights and (path / "optimizer.pt").exists()
+
+
+def last_complete_checkpoint(out: Path) -> Path | None:
+    """The newest checkpoint of ``out`` that can be resumed from; incomplete ones are skipped (logged)."""
+    ckpts = sorted(
+        (p for p in Path(out).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for ckpt in ckpts:
+        if _is_complete_checkpoint(ckpt):
+            return ckpt
+        log.warning("%s is incomplete (interrupted while saving?); skipping it", ckpt)
+    return None
+
+
+def _truncate_logs(out: Path, step: int) -> None:
+    """Keep the log lines of the ``step`` steps a checkpoint holds; a resume replays the rest."""
+    for path in [out / "train_log.jsonl", *out.glob("batches.rank*.jsonl")]:
+        if not path.exists():
+            continue
+        batch_log = path.name.startswith("batches")
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line torn by the kill
+            # Batch logs record the step a micro-batch trains (0-based); the train log the steps done.
+            if (row["step"] < step) if batch_log else (row["step"] <= step):
+                kept.append(line)
+        path.write_text("".join(x + "\n" for x in kept))
+
+
+def _training_args(profile: Profile, out: Path) -> dict:
+    """TrainingArguments shared by every method, from the profile's train section."""
     t = profile.train
     cpu = not torch.cuda.is_available()
     return dict(
@@ -115,7 +171,34 @@ def _common_args(profile: Profile, out: Path) -> dict:
         dataloader_num_workers=0,
         disable_tqdm=False,
         save_only_model=False,
+        batching=t.batching,
+        include_english=t.include_english,
+        max_length=t.max_length,
     )
+
+
+def trainer_config(profile: Profile, out: Path, method: str | None = None):
+    """The TRL config subclass for ``method`` (default ``profile.train.method``), filled from the profile."""
+    from xlalign.training.trainers import AlignedDPOConfig, AlignedORPOConfig, AlignedSFTConfig
+
+    method = method or profile.train.method
+    args = _training_args(profile, out)
+    t = profile.train
+    if method == "dpo":
+        return AlignedDPOConfig(
+            **args,
+            beta=t.beta,
+            loss_type=["sigmoid"],
+            precompute_ref_log_probs=False,
+            share_prompt=t.share_prompt,
+        )
+    if method == "orpo":
+        return AlignedORPOConfig(
+            **args, beta=t.beta, nll_scope=t.orpo_nll_scope, share_prompt=t.share_prompt
+        )
+    if method == "sft":
+        return AlignedSFTConfig(**args, completion_only_loss=True)
+    raise ValueError(f"unknown training method {method!r}")
 
 
 def _load_policy(profile: Profile):
@@ -126,6 +209,62 @@ def _load_policy(profile: Profile):
     else:
         model, tok = load_model(profile)
     return model, tok
+
+
+def _as_dataset(dataset, columns: tuple[str, ...]):
+    from datasets import Dataset
+
+    if isinstance(dataset, list):
+        dataset = Dataset.from_list(dataset)
+    missing = [k for k in (*columns, *META_KEYS) if k not in dataset.column_names]
+    if missing:
+        raise AlignmentError(f"the training dataset lacks column(s) {missing}")
+    return dataset
+
+
+def _train(
+    profile: Profile,
+    method: str,
+    dataset,
+    output_dir,
+    model,
+    tokenizer,
+    resume: bool,
+    callbacks,
+) -> TrainResult:
+    from xlalign.models import lora_config, model_source, resolved_commit
+    from xlalign.training.trainers import AlignedDPOTrainer, AlignedORPOTrainer, AlignedSFTTrainer
+
+    out = Path(output_dir)
+    signature = training_signature(profile, method)
+    done = finished_result(out, signature)
+    if done is not None:
+        log.info("%s finished earlier (%d steps); reusing it", out, done.steps)
+        return done
+    if out.exists() and any(out.glob("checkpoint-*")) and not resume:
+        raise FileExistsError(
+            f"{out} already holds checkpoints; pass resume=True or use a new directory"
+        )
+    columns = ("prompt", "completion") if method == "sft" else ("prompt", "chosen", "rejected")
+    dataset = _as_dataset(dataset, columns)
+    _check_signature(out, signature)
+    if model is None:
+        model, tokenizer = _load_policy(profile)
+    trainer_cls = {"dpo": AlignedDPOTrainer, "orpo": AlignedORPOTrainer, "sft": AlignedSFTTrainer}
+    trainer = trainer_cls[method](
+        model=model,
+        args=trainer_config(profile, out, method),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(profile, model) if not hasattr(model, "peft_config") else None,
+        callbacks=[_WallClock(out), *(callbacks or [])],  # the clock writes before any user hook
+    )
+    result = _run(trainer, out, resume)
+    result.metrics["model_source"] = model_source(profile)[0]
+    result.metrics["model_commit"] = resolved_commit(getattr(model, "base_model", model))
+    if trainer.args.process_index == 0:
+        (out / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2))
+    return result
 
 
 def train_preference(
@@ -142,59 +281,10 @@ def train_preference(
     ``dataset``: a ``datasets.Dataset`` (or list of dicts) with prompt, chosen, rejected, sample_id, lang.
     For DPO the reference is the adapter-disabled base model: no second copy is held in memory.
     """
-    from datasets import Dataset
-
-    from xlalign.models import model_source, resolved_commit
-
     method = profile.train.method
-    out = Path(output_dir)
-    if out.exists() and any(out.glob("checkpoint-*")) and not resume:
-        raise FileExistsError(
-            f"{out} already holds checkpoints; pass resume=True or use a new directory"
-        )
-    _check_resume(out, training_signature(profile, method))
-    if isinstance(dataset, list):
-        dataset = Dataset.from_list(dataset)
-    missing = [
-        k for k in ("prompt", "chosen", "rejected", *META_KEYS) if k not in dataset.column_names
-    ]
-    if missing:
-        raise AlignmentError(f"the preference dataset lacks column(s) {missing}")
-    if model is None:
-        model, tokenizer = _load_policy(profile)
-    t = profile.train
-    args = _common_args(profile, out)
-    if method == "dpo":
-        Config, Trainer = _dpo_classes()
-        cfg = Config(
-            **args,
-            beta=t.beta,
-            loss_type=["sigmoid"],
-            max_length=t.max_length,
-            precompute_ref_log_probs=False,
-        )
-    else:
-        Config, Trainer = _orpo_classes()
-        cfg = Config(**args, beta=t.beta, max_length=t.max_length, max_completion_length=32)
-    peft_config = build_lora_config(profile, model) if not hasattr(model, "peft_config") else None
-    trainer = Trainer(
-        model=model,
-        args=cfg,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=callbacks,
-    )
-    if method == "orpo":
-        trainer.xl_nll_scope = profile.train.orpo_nll_scope
-    trainer.xl_share_prompt = profile.train.share_prompt
-    _configure(trainer, profile.train, out)
-    result = _run(trainer, out, resume)
-    result.metrics["model_source"] = model_source(profile)[0]
-    result.metrics["model_commit"] = resolved_commit(getattr(model, "base_model", model))
-    if trainer.args.process_index == 0:
-        (out / "train_result.json").write_text(json.dumps(result.to_dict(), indent=2))
-    return result
+    if method not in ("dpo", "orpo"):
+        raise ValueError(f"train_preference trains dpo or orpo, not {method!r}")
+    return _train(profile, method, dataset, output_dir, model, tokenizer, resume, callbacks)
 
 
 def train_sft(
@@ -206,53 +296,58 @@ def train_sft(
     resume: bool = False,
 ) -> TrainResult:
     """Supervised fine-tuning on prompt/completion rows (CALM's SFT baselines) with the same batching."""
-    from datasets import Dataset
-
-    out = Path(output_dir)
-    _check_resume(out, training_signature(profile, "sft"))
-    if isinstance(dataset, list):
-        dataset = Dataset.from_list(dataset)
-    if model is None:
-        model, tokenizer = _load_policy(profile)
-    Config, Trainer = _sft_classes()
-    cfg = Config(
-        **_common_args(profile, out), max_length=profile.train.max_length, completion_only_loss=True
-    )
-    trainer = Trainer(
-        model=model,
-        args=cfg,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=build_lora_config(profile, model),
-    )
-    _configure(trainer, profile.train, out)
-    return _run(trainer, out, resume)
+    return _train(profile, "sft", dataset, output_dir, model, tokenizer, resume, None)
 
 
-def _configure(trainer, train, out: Path) -> None:
-    """Give a TRL trainer the profile's batching (``train``: the profile's train section)."""
-    trainer.xl_batch_size = train.batch_size
-    trainer.xl_batching = train.batching
-    trainer.xl_include_english = train.include_english
-    trainer.xl_log_dir = out
-    trainer.data_collator = MetaCollator(trainer.data_collator)
-    trainer.add_callback(_JsonlLogCallback(out / "train_log.jsonl"))
+class _WallClock(TrainerCallback):
+    """Writes the training seconds so far into every checkpoint saved, so a resume counts them."""
+
+    def __init__(self, out: Path):
+        self.out, self.before, self.t0 = out, 0.0, None
+
+    def elapsed(self) -> float:
+        return self.before + (time.perf_counter() - self.t0 if self.t0 is not None else 0.0)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.t0 = time.perf_counter()
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            ckpt = self.out / f"checkpoint-{state.global_step}"
+            if ckpt.is_dir():
+                (ckpt / WALL_FILE).write_text(json.dumps({"wall_time_s": self.elapsed()}))
 
 
 def _run(trainer, out: Path, resume: bool) -> TrainResult:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(out)) if resume and out.exists() else None
-    if trainer.args.process_index == 0 and not last:
-        for stale in [out / "train_log.jsonl", *out.glob("batches.rank*.jsonl")]:
-            stale.unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=last)
-    wall = time.perf_counter() - t0
+    last = last_complete_checkpoint(out) if resume and out.exists() else None
+    clock = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, _WallClock))
+    if trainer.args.process_index == 0:
+        if last is None:
+            for stale in [out / "train_log.jsonl", *out.glob("batches.rank*.jsonl")]:
+                stale.unlink(missing_ok=True)
+        else:
+            step = json.loads((last / "trainer_state.json").read_text())["global_step"]
+            _truncate_logs(out, step)
+            wall = last / WALL_FILE
+            clock.before = json.loads(wall.read_text())["wall_time_s"] if wall.exists() else 0.0
+    output = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    wall = clock.elapsed()
     adapter_dir = out / "adapter"
     trainer.save_model(str(adapter_dir))
-    tokens = getattr(trainer, "xl_tokens", 0)
-    result = TrainResult(
+    batch_logs = sorted(out.glob("batches.rank*.jsonl"))
+    # Counted from the logs, so a resumed run reports its whole training, not its last segment.
+    tokens = sum(
+        json.loads(line)["tokens"] for p in batch_logs for line in p.read_text().splitlines()
+    )
+    metrics = dict(output.metrics)
+    losses = [
+        json.loads(x)["loss"]
+        for x in (out / "train_log.jsonl").read_text().splitlines()
+        if '"loss"' in x
+    ] if (out / "train_log.jsonl").exists() else []  # fmt: skip
+    if losses and last is not None:
+        metrics["train_loss"] = sum(losses) / len(losses)  # transformers' covers the last segment
+    return TrainResult(
         output_dir=out,
         adapter_dir=adapter_dir,
         steps=trainer.state.global_step,
@@ -260,52 +355,6 @@ def _run(trainer, out: Path, resume: bool) -> TrainResult:
         tokens=tokens,
         tokens_per_s=tokens / wall if wall > 0 else 0.0,
         train_log=out / "train_log.jsonl",
-        batch_logs=sorted(out.glob("batches.rank*.jsonl")),
-        metrics=dict(output.metrics),
+        batch_logs=batch_logs,
+        metrics=metrics,
     )
-    if trainer.args.process_index == 0:
-        (out / "train_result.json").write_text(json.dumps(result.to_dict(), indent=2))
-    return result
-
-
-def read_batch_logs(out: Path) -> list[dict]:
-    rows = []
-    for path in sorted(Path(out).glob("batches.rank*.jsonl")):
-        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return rows
-
-
-def verify_batch_log(rows: list[dict], batching: str, batch_size: int) -> dict:
-    """Re-check a run's batch log from disk: every aligned micro-batch one group in distinct languages,
-    groups disjoint across processes within a step. Returns summary counts; raises on a violation."""
-    by_step: dict[tuple[int, int], list[dict]] = {}
-    for r in rows:
-        if len(r["langs"]) != batch_size:
-            raise AlignmentError(
-                f"batch of {len(r['langs'])} rows at step {r['step']} rank {r['rank']}"
-            )
-        if batching == "aligned" and (
-            len(set(r["sample_ids"])) != 1 or len(set(r["langs"])) != batch_size
-        ):
-            raise AlignmentError(f"mixed aligned batch at step {r['step']} rank {r['rank']}: {r}")
-        by_step.setdefault(r["step"], []).append(r)
-    for step, entries in by_step.items():
-        if batching == "aligned":
-            seen: dict[str, int] = {}
-            for e in entries:
-                sid = e["sample_ids"][0]
-                if sid in seen and seen[sid] != e["rank"]:
-                    raise AlignmentError(
-                        f"group {sid} split across ranks {seen[sid]} and {e['rank']} at step {step}"
-                    )
-                seen[sid] = e["rank"]
-    return {
-        "micro_batches": len(rows),
-        "ranks": sorted({r["rank"] for r in rows}),
-        "steps": len(by_step),
-    }
-
-
-def derive_profile(profile: Profile, **train_overrides) -> Profile:
-    """A copy of ``profile`` with some ``train`` fields replaced (ablations, CALM)."""
-    return replace(profile, train=replace(profile.train, **train_overrides))

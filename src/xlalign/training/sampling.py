@@ -5,10 +5,15 @@ A plan depends only on (seed, epoch), so every process computes the same one.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 from torch.utils.data import Sampler
 
 META_KEYS = ("sample_id", "lang")
+BATCHINGS = ("aligned", "uncoupled", "clustered")
 
 
 class AlignmentError(RuntimeError):
@@ -47,7 +52,7 @@ class GroupedBatchSampler(Sampler[int]):
         anchor: str = "en",
         require_complete: bool = True,
     ):
-        if batching not in ("aligned", "uncoupled", "clustered"):
+        if batching not in BATCHINGS:
             raise ValueError(f"unknown batching {batching!r}")
         self.batch_size, self.batching, self.seed = batch_size, batching, seed
         self.include_english, self.anchor = include_english, anchor
@@ -137,3 +142,63 @@ class GroupedBatchSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.plan(0)) * self.batch_size
+
+
+# --------------------------------------------------------------------------- collator and batch logs
+
+
+class MetaCollator:
+    """Strips string columns before TRL's collator and keeps (sample_id, lang) beside the batch."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        meta = [{k: e.get(k) for k in META_KEYS} for e in examples]
+
+        def keep(v):
+            return not isinstance(v, str) and not (
+                isinstance(v, list) and v and isinstance(v[0], str)
+            )
+
+        batch = self.inner([{k: v for k, v in e.items() if keep(v)} for e in examples])
+        batch["xl_meta"] = meta
+        return batch
+
+
+def read_batch_logs(out: Path) -> list[dict]:
+    rows = []
+    for path in sorted(Path(out).glob("batches.rank*.jsonl")):
+        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows
+
+
+def verify_batch_log(rows: list[dict], batching: str, batch_size: int) -> dict:
+    """Re-check a run's batch log from disk: every aligned micro-batch one group in distinct languages,
+    groups disjoint across processes within a step. Returns summary counts; raises on a violation."""
+    by_step: dict[tuple[int, int], list[dict]] = {}
+    for r in rows:
+        if len(r["langs"]) != batch_size:
+            raise AlignmentError(
+                f"batch of {len(r['langs'])} rows at step {r['step']} rank {r['rank']}"
+            )
+        if batching == "aligned" and (
+            len(set(r["sample_ids"])) != 1 or len(set(r["langs"])) != batch_size
+        ):
+            raise AlignmentError(f"mixed aligned batch at step {r['step']} rank {r['rank']}: {r}")
+        by_step.setdefault(r["step"], []).append(r)
+    for step, entries in by_step.items():
+        if batching == "aligned":
+            seen: dict[str, int] = {}
+            for e in entries:
+                sid = e["sample_ids"][0]
+                if sid in seen and seen[sid] != e["rank"]:
+                    raise AlignmentError(
+                        f"group {sid} split across ranks {seen[sid]} and {e['rank']} at step {step}"
+                    )
+                seen[sid] = e["rank"]
+    return {
+        "micro_batches": len(rows),
+        "ranks": sorted({r["rank"] for r in rows}),
+        "steps": len(by_step),
+    }

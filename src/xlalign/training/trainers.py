@@ -1,44 +1,120 @@
-"""TRL's DPO, ORPO and SFT trainers extended for grouped batches and one prompt encoding per pair.
+"""TRL's DPO, ORPO and SFT configs and trainers, extended for grouped batches and one prompt encoding per pair.
 
-Each override names what it changes; tests compare each with the stock TRL path.
+The new settings are fields of config subclasses, checked in ``__post_init__``; each trainer override
+says what it changes, and tests compare each with the stock TRL path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from xlalign.training.sampling import META_KEYS, AlignmentError, GroupedBatchSampler
-from xlalign.training.shared_prompt import shared_prompt_logits, split_pairs, token_logps
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO lives in trl.experimental in TRL 1.16
+from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
 
-# --------------------------------------------------------------------------- collator + logging
+from xlalign.training.sampling import (  # noqa: E402
+    BATCHINGS,
+    META_KEYS,
+    AlignmentError,
+    GroupedBatchSampler,
+    MetaCollator,
+)
+from xlalign.training.shared_prompt import shared_prompt_logits, split_pairs, token_logps  # noqa: E402
 
+NLL_SCOPES = ("full", "completion")
 
-class MetaCollator:
-    """Strips string columns before TRL's collator and keeps (sample_id, lang) beside the batch."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        meta = [{k: e.get(k) for k in META_KEYS} for e in examples]
-
-        def keep(v):
-            return not isinstance(v, str) and not (
-                isinstance(v, list) and v and isinstance(v[0], str)
-            )
-
-        batch = self.inner([{k: v for k, v in e.items() if keep(v)} for e in examples])
-        batch["xl_meta"] = meta
-        return batch
+# --------------------------------------------------------------------------- configs
 
 
-class _JsonlLogCallback(TrainerCallback):
+@dataclass
+class GroupedBatchingArguments:
+    """The batch-alignment paper's batching, shared by the three configs below.
+
+    ``per_device_train_batch_size`` is the number of rows per micro-batch: in an aligned batch, the
+    number of languages one query is shown in.
+    """
+
+    batching: str = field(
+        default="aligned",
+        metadata={"help": "aligned: one query in several languages per batch; uncoupled: the same "
+                  "rows shuffled; clustered: groups kept together in order (CALM's pairs)"},
+    )  # fmt: skip
+    include_english: bool = field(
+        default=True, metadata={"help": "aligned batches always hold the English row (paper C.1)"}
+    )
+
+    def _check_batching(self) -> None:
+        if self.batching not in BATCHINGS:
+            raise ValueError(f"batching={self.batching!r}: choose one of {', '.join(BATCHINGS)}")
+        if self.batching == "aligned" and self.per_device_train_batch_size < 1:
+            raise ValueError("an aligned batch needs per_device_train_batch_size >= 1")
+
+
+@dataclass
+class AlignedDPOConfig(GroupedBatchingArguments, DPOConfig):
+    """``trl.DPOConfig`` plus grouped batching and ``share_prompt``."""
+
+    share_prompt: bool = field(
+        default=True,
+        metadata={"help": "encode each pair's prompt once for the chosen and the rejected completion "
+                  "(same values; used where the loss configuration allows, see AlignedDPOTrainer)"},
+    )  # fmt: skip
+
+    def __post_init__(self):
+        self._check_batching()
+        super().__post_init__()
+
+
+@dataclass
+class AlignedORPOConfig(GroupedBatchingArguments, ORPOConfig):
+    """``trl.experimental.orpo.ORPOConfig`` plus grouped batching, ``nll_scope`` and ``share_prompt``.
+
+    ``max_completion_length`` defaults to 32 tokens here (our choice: the probe's answers are 3-6
+    tokens, CALM's pairs are truncated at their sampling length; TRL's default keeps whole rows).
+    """
+
+    max_completion_length: int | None = 32
+    nll_scope: str = field(
+        default="full",
+        metadata={"help": "full: NLL over the chosen prompt and response (TRL 1.16 stock); "
+                  "completion: over the response only (the ORPO paper's definition)"},
+    )  # fmt: skip
+    share_prompt: bool = field(
+        default=True,
+        metadata={"help": "with nll_scope=completion, encode each pair's prompt once"},
+    )
+
+    def __post_init__(self):
+        self._check_batching()
+        if self.nll_scope not in NLL_SCOPES:
+            raise ValueError(f"nll_scope={self.nll_scope!r}: choose one of {', '.join(NLL_SCOPES)}")
+        if self.max_completion_length is not None and self.max_completion_length < 1:
+            raise ValueError(f"max_completion_length={self.max_completion_length} must be >= 1")
+        super().__post_init__()
+
+
+@dataclass
+class AlignedSFTConfig(GroupedBatchingArguments, SFTConfig):
+    """``trl.SFTConfig`` plus grouped batching (CALM's SFT baselines)."""
+
+    def __post_init__(self):
+        self._check_batching()
+        super().__post_init__()
+
+
+# --------------------------------------------------------------------------- callbacks and the mixin
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Appends every log line (loss, rewards, learning rate, ...) with its step to a JSONL file."""
+
     def __init__(self, path: Path):
         self.path = path
 
@@ -64,11 +140,8 @@ def compact_fused_lm_head():
     (``tests/test_training.py`` checks DPO's loss and gradients against the stock path), and the
     projection kernel itself still picks its own implementation per device.
     """
-    try:
-        import trl.trainer.utils as trl_utils
-    except ImportError:  # pragma: no cover - trl is a dependency
-        yield
-        return
+    import trl.trainer.utils as trl_utils
+
     original = getattr(trl_utils, "_use_triton", None)
     if original is None:
         yield
@@ -83,10 +156,11 @@ def compact_fused_lm_head():
 class GroupedTrainingMixin:
     """Override the sampler, check and log every micro-batch; shared by the DPO, ORPO and SFT trainers."""
 
-    xl_batch_size: int
-    xl_batching: str
-    xl_include_english: bool
-    xl_log_dir: Path
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Grouping columns travel beside the batch, and every log line goes to train_log.jsonl.
+        self.data_collator = MetaCollator(self.data_collator)
+        self.add_callback(JsonlLogCallback(Path(self.args.output_dir) / "train_log.jsonl"))
 
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset if train_dataset is not None else self.train_dataset
@@ -97,13 +171,13 @@ class GroupedTrainingMixin:
         self.xl_sampler = GroupedBatchSampler(
             ds["sample_id"],
             ds["lang"],
-            self.xl_batch_size,
-            self.xl_batching,
-            include_english=self.xl_include_english,
+            self.args.per_device_train_batch_size,
+            self.args.batching,
+            include_english=self.args.include_english,
             seed=self.args.seed,
             num_replicas=self.args.world_size,
             grad_accum=self.args.gradient_accumulation_steps,
-            require_complete=self.xl_batching != "clustered",
+            require_complete=self.args.batching != "clustered",
         )
         return self.xl_sampler
 
@@ -118,16 +192,18 @@ class GroupedTrainingMixin:
             "langs": langs,
             "tokens": n_tokens,
         }
-        with (self.xl_log_dir / f"batches.rank{rank}.jsonl").open("a") as fh:
+        with (Path(self.args.output_dir) / f"batches.rank{rank}.jsonl").open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
         self.xl_tokens = getattr(self, "xl_tokens", 0) + n_tokens
-        if self.xl_batching == "aligned" and (len(set(sids)) != 1 or len(set(langs)) != len(langs)):
+        if self.args.batching == "aligned" and (
+            len(set(sids)) != 1 or len(set(langs)) != len(langs)
+        ):
             raise AlignmentError(
                 f"aligned batch is mixed at step {self.state.global_step} on rank {rank}: {entry}"
             )
-        if len(meta) != self.xl_batch_size:
+        if len(meta) != self.args.per_device_train_batch_size:
             raise AlignmentError(
-                f"micro-batch of {len(meta)} rows, expected {self.xl_batch_size}: {entry}"
+                f"micro-batch of {len(meta)} rows, expected {self.args.per_device_train_batch_size}: {entry}"
             )
 
     @staticmethod
@@ -155,227 +231,204 @@ class GroupedTrainingMixin:
 # --------------------------------------------------------------------------- trainers
 
 
-def _dpo_classes():
-    from trl import DPOConfig, DPOTrainer
+class AlignedDPOTrainer(GroupedTrainingMixin, DPOTrainer):
+    """TRL's DPOTrainer with grouped batching, and each pair's prompt encoded once.
 
-    class AlignedDPOTrainer(GroupedTrainingMixin, DPOTrainer):
-        """TRL's DPOTrainer with grouped batching, and each pair's prompt encoded once.
+    With ``args.share_prompt`` (``train.share_prompt``) and the configuration the profiles use (sigmoid
+    loss, LoRA with the adapter-disabled base as reference, no precomputed reference log-probs),
+    the policy and the reference each encode a pair's prompt once and continue it with the chosen
+    and the rejected completion (``xlalign.training.shared_prompt``). Loss, gradients and the logged metrics
+    are those of TRL's ``_compute_loss`` (tested); any other configuration runs TRL's own code.
+    """
 
-        With ``xl_share_prompt`` (``train.share_prompt``) and the configuration the profiles use (sigmoid
-        loss, LoRA with the adapter-disabled base as reference, no precomputed reference log-probs),
-        the policy and the reference each encode a pair's prompt once and continue it with the chosen
-        and the rejected completion (``xlalign.training.shared_prompt``). Loss, gradients and the logged metrics
-        are those of TRL's ``_compute_loss`` (tested); any other configuration runs TRL's own code.
-        """
+    def _xl_can_share(self, return_outputs: bool) -> bool:
+        from accelerate.utils import is_peft_model
 
-        xl_share_prompt = True
+        return (
+            self.args.share_prompt
+            and not return_outputs
+            and list(self.loss_types) == ["sigmoid"]
+            and self.ld_alpha is None
+            and str(self.f_divergence_type) in ("reverse_kl", "FDivergenceType.REVERSE_KL")
+            and not self.precompute_ref_logps
+            and not self.aux_loss_enabled
+            and not self.use_weighting
+            and self.ref_model is None
+            and is_peft_model(self.accelerator.unwrap_model(self.model))
+        )
 
-        def _xl_can_share(self, return_outputs: bool) -> bool:
-            from accelerate.utils import is_peft_model
-
-            return (
-                self.xl_share_prompt
-                and not return_outputs
-                and list(self.loss_types) == ["sigmoid"]
-                and self.ld_alpha is None
-                and str(self.f_divergence_type) in ("reverse_kl", "FDivergenceType.REVERSE_KL")
-                and not self.precompute_ref_logps
-                and not self.aux_loss_enabled
-                and not self.use_weighting
-                and self.ref_model is None
-                and is_peft_model(self.accelerator.unwrap_model(self.model))
+    def _compute_loss(self, model, inputs, return_outputs):
+        split = None
+        if self._xl_can_share(return_outputs):
+            split = split_pairs(
+                inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
             )
+        if split is None:
+            return super()._compute_loss(model, inputs, return_outputs)
+        return self._xl_shared_loss(model, inputs, *split)
 
-        def _compute_loss(self, model, inputs, return_outputs):
-            split = None
-            if self._xl_can_share(return_outputs):
-                split = split_pairs(
-                    inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
-                )
-            if split is None:
-                return super()._compute_loss(model, inputs, return_outputs)
-            return self._xl_shared_loss(model, inputs, *split)
+    def _xl_shared_loss(self, model, inputs, prompts, completions):
+        from trl.trainer.utils import use_adapter
 
-        def _xl_shared_loss(self, model, inputs, prompts, completions):
-            from trl.trainer.utils import use_adapter
+        mode = "train" if self.model.training else "eval"
+        tok = getattr(self, "_tokenizer", None) or self.processing_class
+        pad = (
+            tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        )  # masked: any id
+        logits, targets, cmask = shared_prompt_logits(model, prompts, completions, pad)
+        per_token = token_logps(logits, targets, cmask)
+        logps = per_token.sum(-1)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        with (
+            torch.no_grad(),
+            use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None),
+        ):
+            ref_logits, _, _ = shared_prompt_logits(model, prompts, completions, pad)
+            ref_logps = token_logps(ref_logits, targets, cmask).sum(-1)
+            del ref_logits
+        n = len(prompts)
+        chosen_logps, rejected_logps = logps[:n], logps[n:]
+        chosen_logratios = chosen_logps - ref_logps[:n]
+        rejected_logratios = rejected_logps - ref_logps[n:]
+        loss = -torch.nn.functional.logsigmoid(
+            self.beta * (chosen_logratios - rejected_logratios)
+        ).mean()
+        loss = loss * self.loss_weights[0]
 
-            mode = "train" if self.model.training else "eval"
-            tok = getattr(self, "_tokenizer", None) or self.processing_class
-            pad = (
-                tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-            )  # masked: any id
-            logits, targets, cmask = shared_prompt_logits(model, prompts, completions, pad)
-            per_token = token_logps(logits, targets, cmask)
-            logps = per_token.sum(-1)
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            with (
-                torch.no_grad(),
-                use_adapter(
-                    unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None
-                ),
-            ):
-                ref_logits, _, _ = shared_prompt_logits(model, prompts, completions, pad)
-                ref_logps = token_logps(ref_logits, targets, cmask).sum(-1)
-                del ref_logits
-            n = len(prompts)
-            chosen_logps, rejected_logps = logps[:n], logps[n:]
-            chosen_logratios = chosen_logps - ref_logps[:n]
-            rejected_logratios = rejected_logps - ref_logps[n:]
-            loss = -torch.nn.functional.logsigmoid(
-                self.beta * (chosen_logratios - rejected_logratios)
-            ).mean()
-            loss = loss * self.loss_weights[0]
-
-            gather = self.accelerator.gather_for_metrics
-            m = self._metrics[mode]
-            with torch.no_grad():
-                maskf = cmask.float()
-                logp_all = torch.log_softmax(logits, dim=-1)
-                entropy = -(logp_all.exp() * logp_all).sum(-1)
-                m["entropy"].append(
-                    (gather((entropy * maskf).sum()).sum() / gather(maskf.sum()).sum()).item()
-                )
-                if mode == "train":
-                    self._total_train_tokens += (
-                        gather(inputs["attention_mask"].sum()).sum().item() // self._tp_size
-                    )
-                m["num_tokens"] = [self._total_train_tokens]
-                mean_logits = logits.mean(-1) * maskf
-                for side, rows in (("chosen", slice(0, n)), ("rejected", slice(n, None))):
-                    tot = gather(mean_logits[rows].sum()).sum().item()
-                    cnt = gather(maskf[rows].sum()).sum().item()
-                    m[f"logits/{side}"].append(tot / cnt if cnt > 0 else 0.0)
-                top1 = (logits[:n].argmax(-1) == targets[:n]) & cmask[:n].bool()
-                m["mean_token_accuracy"].append(
-                    (gather(top1.sum()).sum() / gather(cmask[:n].sum()).sum()).item()
-                )
-                chosen_rewards = self.beta * chosen_logratios.detach()
-                rejected_rewards = self.beta * rejected_logratios.detach()
-                m["rewards/chosen"].append(self.accelerator.gather(chosen_rewards).mean().item())
-                m["rewards/rejected"].append(
-                    self.accelerator.gather(rejected_rewards).mean().item()
-                )
-                acc = (chosen_rewards > rejected_rewards).float()
-                m["rewards/accuracies"].append(self.accelerator.gather(acc).mean().item())
-                m["rewards/margins"].append(
-                    self.accelerator.gather(chosen_rewards - rejected_rewards).mean().item()
-                )
-                m["logps/chosen"].append(
-                    self.accelerator.gather(chosen_logps.detach()).mean().item()
-                )
-                m["logps/rejected"].append(
-                    self.accelerator.gather(rejected_logps.detach()).mean().item()
-                )
-            return loss
-
-    return DPOConfig, AlignedDPOTrainer
-
-
-def _orpo_classes():
-    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-
-    class AlignedORPOTrainer(GroupedTrainingMixin, ORPOTrainer):
-        """TRL's ORPOTrainer with grouped batching and completion-only logits.
-
-        Stock ORPO projects hidden states onto the full vocabulary at every position of every sequence.
-        Its odds-ratio term only needs completion positions; its NLL term, in TRL 1.16, covers the chosen
-        prompt *and* response (``nll_scope="full"``, the stock behaviour and the paper profile's choice) or,
-        as in the ORPO paper's definition, the chosen response only (``nll_scope="completion"``). Rows are
-        moved to left padding so that completion positions sit at the end, and the model computes logits
-        only for the last ``max completion length + 1`` positions (``logits_to_keep``).
-        """
-
-        xl_nll_scope = "completion"
-        xl_share_prompt = True
-
-        def concatenated_forward(self, model, batch):
-            if self.is_encoder_decoder or self.aux_loss_enabled:
-                return super().concatenated_forward(model, batch)
-            cat = self.concatenated_inputs(
-                batch,
-                is_encoder_decoder=False,
-                padding_value=self.padding_value,
-                device=self.accelerator.device,
+        gather = self.accelerator.gather_for_metrics
+        m = self._metrics[mode]
+        with torch.no_grad():
+            maskf = cmask.float()
+            logp_all = torch.log_softmax(logits, dim=-1)
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
+            m["entropy"].append(
+                (gather((entropy * maskf).sum()).sum() / gather(maskf.sum()).sum()).item()
             )
-            ids, mask, labels = (
-                cat["concatenated_input_ids"],
-                cat["concatenated_attention_mask"],
-                cat["concatenated_labels"],
+            if mode == "train":
+                self._total_train_tokens += (
+                    gather(inputs["attention_mask"].sum()).sum().item() // self._tp_size
+                )
+            m["num_tokens"] = [self._total_train_tokens]
+            mean_logits = logits.mean(-1) * maskf
+            for side, rows in (("chosen", slice(0, n)), ("rejected", slice(n, None))):
+                tot = gather(mean_logits[rows].sum()).sum().item()
+                cnt = gather(maskf[rows].sum()).sum().item()
+                m[f"logits/{side}"].append(tot / cnt if cnt > 0 else 0.0)
+            top1 = (logits[:n].argmax(-1) == targets[:n]) & cmask[:n].bool()
+            m["mean_token_accuracy"].append(
+                (gather(top1.sum()).sum() / gather(cmask[:n].sum()).sum()).item()
             )
-            n_chosen = batch["chosen_labels"].shape[0]
-            if self.xl_nll_scope == "completion" and self.xl_share_prompt:
-                split = split_pairs(ids, mask, (labels != -100).long())
-                if split is not None:
-                    return self._xl_shared_forward(model, *split)
-            ids_l, mask_l, labels_l = _to_left_padding(ids, mask, labels)
-            comp = (labels_l != -100).sum(-1)
-            keep = int(comp.max().item()) + 1
-            pos = (mask_l.cumsum(-1) - 1).clamp(min=0)
-            if self.xl_nll_scope == "full":
-                # Chosen rows need logits everywhere for the prompt+response NLL (stock behaviour).
-                out_c = model(ids[:n_chosen], attention_mask=mask[:n_chosen], use_cache=False)
-                logits_c_full = out_c.logits
-                lab_full = torch.where(mask[:n_chosen] == 1, ids[:n_chosen], -100)
-                nll = torch.nn.functional.cross_entropy(
-                    logits_c_full[:, :-1].reshape(-1, logits_c_full.shape[-1]),
-                    lab_full[:, 1:].reshape(-1),
-                )
-                logps_c = self.get_batch_logps(
-                    logits_c_full, labels[:n_chosen], average_log_prob=True
-                )
-                out_r = model(
-                    ids_l[n_chosen:],
-                    attention_mask=mask_l[n_chosen:],
-                    position_ids=pos[n_chosen:],
-                    use_cache=False,
-                    logits_to_keep=keep,
-                )
-                logps_r = self.get_batch_logps(
-                    out_r.logits.float(), labels_l[n_chosen:, -keep:], average_log_prob=True
-                )
-                chosen_logits = logits_c_full[:, :-1]
-                rejected_logits = out_r.logits[:, :-1]
-            else:
-                out = model(
-                    ids_l,
-                    attention_mask=mask_l,
-                    position_ids=pos,
-                    use_cache=False,
-                    logits_to_keep=keep,
-                )
-                logits = out.logits.float()
-                tail_labels = labels_l[:, -keep:]
-                logps = self.get_batch_logps(logits, tail_labels, average_log_prob=True)
-                logps_c, logps_r = logps[:n_chosen], logps[n_chosen:]
-                shift_logits = logits[:n_chosen, :-1]
-                shift_labels = tail_labels[:n_chosen, 1:]
-                nll = torch.nn.functional.cross_entropy(
-                    shift_logits.reshape(-1, shift_logits.shape[-1]),
-                    shift_labels.reshape(-1),
-                    ignore_index=-100,
-                )
-                chosen_logits, rejected_logits = logits[:n_chosen, :-1], logits[n_chosen:, :-1]
-            return (logps_c, logps_r, chosen_logits, rejected_logits, nll)
+            chosen_rewards = self.beta * chosen_logratios.detach()
+            rejected_rewards = self.beta * rejected_logratios.detach()
+            m["rewards/chosen"].append(self.accelerator.gather(chosen_rewards).mean().item())
+            m["rewards/rejected"].append(self.accelerator.gather(rejected_rewards).mean().item())
+            acc = (chosen_rewards > rejected_rewards).float()
+            m["rewards/accuracies"].append(self.accelerator.gather(acc).mean().item())
+            m["rewards/margins"].append(
+                self.accelerator.gather(chosen_rewards - rejected_rewards).mean().item()
+            )
+            m["logps/chosen"].append(self.accelerator.gather(chosen_logps.detach()).mean().item())
+            m["logps/rejected"].append(
+                self.accelerator.gather(rejected_logps.detach()).mean().item()
+            )
+        return loss
 
-        def _xl_shared_forward(self, model, prompts, completions):
-            """Completion scope with each prompt encoded once for its chosen and rejected completion
-            (``xlalign.training.shared_prompt``); the same values as the concatenated completion-scope forward.
-            ``logits/chosen`` and ``logits/rejected`` then average over completion positions only."""
-            logits, targets, cmask = shared_prompt_logits(
-                model, prompts, completions, self.padding_value
-            )
-            n = len(prompts)
-            lp = token_logps(logits, targets, cmask)
-            avg = lp.sum(-1) / cmask.sum(-1)
+
+class AlignedORPOTrainer(GroupedTrainingMixin, ORPOTrainer):
+    """TRL's ORPOTrainer with grouped batching and completion-only logits.
+
+    Stock ORPO projects hidden states onto the full vocabulary at every position of every sequence.
+    Its odds-ratio term only needs completion positions; its NLL term, in TRL 1.16, covers the chosen
+    prompt *and* response (``nll_scope="full"``, the stock behaviour and the paper profile's choice) or,
+    as in the ORPO paper's definition, the chosen response only (``nll_scope="completion"``). Rows are
+    moved to left padding so that completion positions sit at the end, and the model computes logits
+    only for the last ``max completion length + 1`` positions (``logits_to_keep``).
+    """
+
+    def concatenated_forward(self, model, batch):
+        if self.is_encoder_decoder or self.aux_loss_enabled:
+            return super().concatenated_forward(model, batch)
+        cat = self.concatenated_inputs(
+            batch,
+            is_encoder_decoder=False,
+            padding_value=self.padding_value,
+            device=self.accelerator.device,
+        )
+        ids, mask, labels = (
+            cat["concatenated_input_ids"],
+            cat["concatenated_attention_mask"],
+            cat["concatenated_labels"],
+        )
+        n_chosen = batch["chosen_labels"].shape[0]
+        if self.args.nll_scope == "completion" and self.args.share_prompt:
+            split = split_pairs(ids, mask, (labels != -100).long())
+            if split is not None:
+                return self._xl_shared_forward(model, *split)
+        ids_l, mask_l, labels_l = _to_left_padding(ids, mask, labels)
+        comp = (labels_l != -100).sum(-1)
+        keep = int(comp.max().item()) + 1
+        pos = (mask_l.cumsum(-1) - 1).clamp(min=0)
+        if self.args.nll_scope == "full":
+            # Chosen rows need logits everywhere for the prompt+response NLL (stock behaviour).
+            out_c = model(ids[:n_chosen], attention_mask=mask[:n_chosen], use_cache=False)
+            logits_c_full = out_c.logits
+            lab_full = torch.where(mask[:n_chosen] == 1, ids[:n_chosen], -100)
             nll = torch.nn.functional.cross_entropy(
-                logits[:n].reshape(-1, logits.shape[-1]),
-                targets[:n].masked_fill(cmask[:n] == 0, -100).reshape(-1),
+                logits_c_full[:, :-1].reshape(-1, logits_c_full.shape[-1]),
+                lab_full[:, 1:].reshape(-1),
+            )
+            logps_c = self.get_batch_logps(logits_c_full, labels[:n_chosen], average_log_prob=True)
+            out_r = model(
+                ids_l[n_chosen:],
+                attention_mask=mask_l[n_chosen:],
+                position_ids=pos[n_chosen:],
+                use_cache=False,
+                logits_to_keep=keep,
+            )
+            logps_r = self.get_batch_logps(
+                out_r.logits.float(), labels_l[n_chosen:, -keep:], average_log_prob=True
+            )
+            chosen_logits = logits_c_full[:, :-1]
+            rejected_logits = out_r.logits[:, :-1]
+        else:
+            out = model(
+                ids_l,
+                attention_mask=mask_l,
+                position_ids=pos,
+                use_cache=False,
+                logits_to_keep=keep,
+            )
+            logits = out.logits.float()
+            tail_labels = labels_l[:, -keep:]
+            logps = self.get_batch_logps(logits, tail_labels, average_log_prob=True)
+            logps_c, logps_r = logps[:n_chosen], logps[n_chosen:]
+            shift_logits = logits[:n_chosen, :-1]
+            shift_labels = tail_labels[:n_chosen, 1:]
+            nll = torch.nn.functional.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.shape[-1]),
+                shift_labels.reshape(-1),
                 ignore_index=-100,
             )
-            keep = cmask.bool()
-            return (avg[:n], avg[n:], logits[:n][keep[:n]], logits[n:][keep[n:]], nll)
+            chosen_logits, rejected_logits = logits[:n_chosen, :-1], logits[n_chosen:, :-1]
+        return (logps_c, logps_r, chosen_logits, rejected_logits, nll)
 
-    return ORPOConfig, AlignedORPOTrainer
+    def _xl_shared_forward(self, model, prompts, completions):
+        """Completion scope with each prompt encoded once for its chosen and rejected completion
+        (``xlalign.training.shared_prompt``); the same values as the concatenated completion-scope forward.
+        ``logits/chosen`` and ``logits/rejected`` then average over completion positions only."""
+        logits, targets, cmask = shared_prompt_logits(
+            model, prompts, completions, self.padding_value
+        )
+        n = len(prompts)
+        lp = token_logps(logits, targets, cmask)
+        avg = lp.sum(-1) / cmask.sum(-1)
+        nll = torch.nn.functional.cross_entropy(
+            logits[:n].reshape(-1, logits.shape[-1]),
+            targets[:n].masked_fill(cmask[:n] == 0, -100).reshape(-1),
+            ignore_index=-100,
+        )
+        keep = cmask.bool()
+        return (avg[:n], avg[n:], logits[:n][keep[:n]], logits[n:][keep[n:]], nll)
 
 
 def _to_left_padding(ids, mask, labels):
@@ -393,10 +446,5 @@ def _to_left_padding(ids, mask, labels):
     return ids_l, mask_l, labels_l
 
 
-def _sft_classes():
-    from trl import SFTConfig, SFTTrainer
-
-    class AlignedSFTTrainer(GroupedTrainingMixin, SFTTrainer):
-        """TRL's SFTTrainer (prompt-completion loss) with grouped batching, for CALM's SFT baselines."""
-
-    return SFTConfig, AlignedSFTTrainer
+class AlignedSFTTrainer(GroupedTrainingMixin, SFTTrainer):
+    """TRL's SFTTrainer (prompt-completion loss) with grouped batching, for CALM's SFT baselines."""
