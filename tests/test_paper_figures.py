@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 import pytest
+from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 from scipy.stats import pearsonr
 
@@ -163,3 +164,126 @@ def test_calm_accuracy_one_dataset():
     fig = figures.plot_calm_accuracy(paper.load_table("calm_t01"), dataset="xcsqa")
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
     assert titles == ["XCSQA Llama-3-8B", "XCSQA Mistral-7B-v0.2"]
+
+
+# --------------------------------------------------------------------------------------------
+# Our figures: 95% CIs as error bars, accuracy axes on the whole 0-100 scale
+
+
+def _with_ci(frame: pd.DataFrame, half_width: float = 7.5) -> pd.DataFrame:
+    """Our runs' cells carry their CI; here value ± half_width, asymmetric by 1 to catch a swap."""
+    return frame.assign(ci_low=frame["value"] - half_width, ci_high=frame["value"] + half_width + 1)
+
+
+def _errorbar_extents(ax) -> list[tuple[float, float, float]]:
+    """(x, low, high) of every error bar segment on ``ax``, sorted."""
+    out = []
+    for container in ax.containers:
+        if isinstance(container, ErrorbarContainer):
+            _line, _caps, (segments,) = container.lines
+            for (x0, y0), (_x1, y1) in segments.get_segments():
+                out.append((round(x0, 6), round(min(y0, y1), 6), round(max(y0, y1), 6)))
+    return sorted(out)
+
+
+def _expected(frame: pd.DataFrame) -> list[tuple[float, float]]:
+    return sorted(
+        (round(lo, 6), round(hi, 6)) for lo, hi in zip(frame.ci_low, frame.ci_high, strict=True)
+    )
+
+
+def test_bars_of_our_figures_carry_their_cis_as_error_bars():
+    run = _with_ci(_run_frame())
+    blocks = ["baseline", "dpo_default", "dpo_ours"]
+    fig = figures.plot_english_vs_rest(run, blocks=blocks)
+    for ax, column in zip(fig.axes, ("english", "rest_avg"), strict=True):
+        cells = run[(run["column"] == column) & run["block"].isin(blocks)]
+        extents = _errorbar_extents(ax)
+        assert sorted((lo, hi) for _x, lo, hi in extents) == _expected(cells)
+        # each bar's error bar sits on that bar, at its height
+        bars = sorted((round(p.get_x() + p.get_width() / 2, 6), p.get_height()) for p in ax.patches)
+        assert [x for x, _lo, _hi in extents] == sorted(x for x, _h in bars if _h)
+    fig4 = figures.plot_english_anchor(run)
+    cells = run[run["block"].str.contains("english") & (run["column"] == "rest_avg")]
+    assert sorted((lo, hi) for _x, lo, hi in _errorbar_extents(fig4.axes[0])) == _expected(cells)
+
+
+def test_machine_translated_panels_carry_cis():
+    run = _with_ci(_run_frame())
+    blocks = ["baseline", "dpo_ours"]
+    fig = figures.plot_machine_translated(run, blocks=blocks)
+    per_model, per_language = fig.axes[:2]
+    rest = run[(run["column"] == "rest_avg") & run["block"].isin(blocks)]
+    assert sorted((lo, hi) for _x, lo, hi in _errorbar_extents(per_model)) == _expected(rest)
+    langs = run[run["column"].isin(["arabic", "french"]) & run["block"].isin(blocks)]
+    assert sorted((lo, hi) for _x, lo, hi in _errorbar_extents(per_language)) == _expected(langs)
+
+
+def test_batch_size_points_carry_cis_and_the_default_its_band():
+    bs = _run_frame().query("table == 'run_t12' and block == 'dpo_ours'")
+    default = pd.DataFrame(
+        [("run_t12", "dpo_ours", "gemma-3-270m", "rest_avg", 27.0)], columns=bs.columns[:5]
+    )
+    frame = _with_ci(pd.concat([bs, default], ignore_index=True))
+    fig = figures.plot_batch_size(frame)
+    ax = fig.axes[0]
+    points = frame[frame["column"].str.startswith("bs_")]
+    extents = _errorbar_extents(ax)
+    assert [x for x, _lo, _hi in extents] == [2, 3, 4]
+    assert sorted((lo, hi) for _x, lo, hi in extents) == _expected(points)
+    bands = [p for p in ax.patches if "95% CI" in p.get_label()]
+    assert len(bands) == 1
+    band = bands[0].get_path().transformed(bands[0].get_patch_transform()).vertices[:, 1]
+    assert (band.min(), band.max()) == (27.0 - 7.5, 27.0 + 8.5)
+    curve = figures.batch_size_curve(frame)
+    assert list(curve["ci_low"]) == list(points["ci_low"])
+
+
+def test_a_mean_over_models_has_no_error_bar():
+    # The published tables have no CIs; and a mean over models has none of its own.
+    fig = figures.plot_batch_size(paper.figure_frame("ba_fig6"))
+    assert _errorbar_extents(fig.axes[0]) == []
+    assert figures.batch_size_curve(paper.load_table("ba_t12"))["ci_low"].isna().all()
+    two = pd.concat([_run_frame(), _run_frame().assign(model="other-1b")], ignore_index=True)
+    fig = figures.plot_machine_translated(_with_ci(two), blocks=["baseline", "dpo_ours"])
+    assert _errorbar_extents(fig.axes[1]) == []  # per language: mean over two models
+    assert len(_errorbar_extents(fig.axes[0])) == 4  # per model: one cell per bar
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda df: figures.plot_english_vs_rest(df, blocks=["baseline", "dpo_default", "dpo_ours"]),
+        lambda df: figures.plot_english_anchor(df),
+        lambda df: figures.plot_machine_translated(df, blocks=["baseline", "dpo_ours"]),
+        lambda df: figures.plot_batch_size(df[df["table"] == "run_t12"], reference_column=None),
+        lambda df: figures.plot_calm_accuracy(df[df["table"] == "run_calm"]),
+    ],
+    ids=["fig3", "fig4", "fig5", "fig6", "calm"],
+)
+def test_accuracy_axes_span_0_to_100(draw):
+    # Values between 20 and 55 with no CI: the axis must not zoom to them.
+    fig = draw(_run_frame())
+    for ax in (a for a in fig.axes if a.get_visible()):
+        assert ax.get_ylim() == (0.0, 100.0), ax.get_title()
+
+
+def test_fig6_of_two_equal_points_is_not_zoomed():
+    # The smoke run's Fig. 6: two points at 50.0 and a default of 48.3 on a 48-52 axis.
+    frame = pd.DataFrame(
+        [
+            ("ours_t12_13", "orpo", "gemma-3-270m", "bs_4", 50.0, math.nan, 20.0, 80.0),
+            ("ours_t12_13", "orpo", "gemma-3-270m", "bs_7", 50.0, math.nan, 20.0, 80.0),
+            ("ours_t12_13", "orpo", "gemma-3-270m", "rest_avg", 48.3, math.nan, 21.7, 75.0),
+        ],
+        columns=paper.SCHEMA_COLUMNS,
+    )
+    ax = figures.plot_batch_size(frame).axes[0]
+    assert ax.get_ylim() == (0.0, 100.0)
+    assert sorted((lo, hi) for _x, lo, hi in _errorbar_extents(ax)) == [(20.0, 80.0), (20.0, 80.0)]
+
+
+def test_size_vs_improvement_shows_zero():
+    ax = figures.plot_size_vs_improvement(_run_frame()).axes[0]
+    low, high = ax.get_ylim()
+    assert low <= 0.0 <= high

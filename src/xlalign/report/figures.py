@@ -3,6 +3,11 @@ The same functions draw the published numbers (xlalign.paper) and our own runs' 
 
 Figures are built on ``matplotlib.figure.Figure`` without pyplot, so they work under any backend
 (Agg included), hold no global state and need no closing. Every plot function returns its Figure.
+
+Where a frame carries ``ci_low``/``ci_high`` (our runs' tables), each bar or point that shows one
+cell draws its 95% CI as an error bar; the published numbers have none, so the paper figures draw
+without. Accuracy axes run from 0 to 100 so a difference is read against the whole scale, never
+against an axis zoomed to the data.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ CALM_BLOCKS = ("base", "sft", "calm")
 SIZE_IMPROVEMENT_PAIRS = {"DPO": ("dpo_ours", "dpo_default"), "ORPO": ("orpo_ours", "orpo_default")}
 
 _BS_COLUMN = re.compile(r"bs_(\d+)$")
+# Accuracy (%) axes show the whole scale.
+ACCURACY_LIMITS = (0.0, 100.0)
 
 
 def block_label(block: str) -> str:
@@ -124,9 +131,50 @@ def _grouped_bars(ax: Axes, df: pd.DataFrame, column: str, blocks: Sequence[str]
         errorbar=None,
         ax=ax,
     )
+    _bar_errorbars(ax, part, "label", order, hue_order)
+    ax.set_ylim(*ACCURACY_LIMITS)
     ax.set_xlabel("")
     ax.set_ylabel(f"{column_label(column)} accuracy (%)")
     _rotate_ticks(ax)
+
+
+def _ci_of(rows: pd.DataFrame) -> tuple[float, float] | None:
+    """The 95% CI of a bar or point that shows exactly one cell with a finite CI, else None."""
+    if len(rows) != 1 or not {"ci_low", "ci_high"} <= set(rows.columns):
+        return None
+    low, high = float(rows["ci_low"].iloc[0]), float(rows["ci_high"].iloc[0])
+    return (low, high) if math.isfinite(low) and math.isfinite(high) else None
+
+
+def _draw_errorbars(ax: Axes, xs, ys, cis) -> None:
+    """Error bars from (low, high) CIs around ys; nothing when there are none."""
+    if not xs:
+        return
+    ys = np.asarray(ys, dtype=float)
+    lows = np.array([c[0] for c in cis], dtype=float)
+    highs = np.array([c[1] for c in cis], dtype=float)
+    yerr = np.vstack([np.clip(ys - lows, 0, None), np.clip(highs - ys, 0, None)])
+    ax.errorbar(xs, ys, yerr=yerr, fmt="none", ecolor="black", elinewidth=1, capsize=3, zorder=3)
+
+
+def _bar_errorbars(
+    ax: Axes, part: pd.DataFrame, x: str, order: Sequence[str], hue_order: Sequence[str]
+) -> None:
+    """95% CIs on the bars seaborn drew for ``part`` (one container per hue level, in order)."""
+    xs, ys, cis = [], [], []
+    for series, container in zip(hue_order, ax.containers, strict=False):
+        for bar in container:
+            center = bar.get_x() + bar.get_width() / 2
+            index = round(center)
+            if not 0 <= index < len(order):
+                continue
+            rows = part[(part[x] == order[index]) & (part["series"] == series)]
+            ci = _ci_of(rows)
+            if ci is not None:
+                xs.append(center)
+                ys.append(float(rows["value"].iloc[0]))
+                cis.append(ci)
+    _draw_errorbars(ax, xs, ys, cis)
 
 
 def _rotate_ticks(ax: Axes) -> None:
@@ -215,16 +263,22 @@ def plot_machine_translated(
     if not part.empty:
         part["language"] = part["column"].map(column_label)
         part["series"] = part["block"].map(block_label)
+        order = list(dict.fromkeys(part["language"]))
+        hue_order = [block_label(b) for b in blocks]
         sns.barplot(
             data=part,
             x="language",
             y="value",
             hue="series",
-            hue_order=[block_label(b) for b in blocks],
+            order=order,
+            hue_order=hue_order,
             palette=_palette(blocks),
             errorbar=None,
             ax=axes[0, 1],
         )
+        # A CI only where a bar is one model's cell (a mean over models has none of its own).
+        _bar_errorbars(axes[0, 1], part, "language", order, hue_order)
+        axes[0, 1].set_ylim(*ACCURACY_LIMITS)
         axes[0, 1].set_xlabel("")
         axes[0, 1].set_ylabel("accuracy (%), mean over models")
         axes[0, 1].set_title("per language")
@@ -240,13 +294,22 @@ def plot_machine_translated(
 
 
 def batch_size_curve(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean over models of every ``bs_N`` column, per block: block, batch_size, value, n_models."""
+    """Mean over models of every ``bs_N`` column, per block: block, batch_size, value, n_models,
+    ci_low, ci_high. The CI is the cell's own where a point is one model's cell with ``ci_low`` and
+    ``ci_high`` (our runs), NaN otherwise (the published tables, means over models)."""
     part = df[df["column"].str.fullmatch(_BS_COLUMN)].copy()
     if part.empty:
         raise ValueError("no bs_N columns in data")
     part["batch_size"] = part["column"].str.extract(_BS_COLUMN, expand=False).astype(int)
-    curve = part.groupby(["block", "batch_size"], sort=False)["value"].agg(["mean", "count"])
-    curve = curve.rename(columns={"mean": "value", "count": "n_models"}).reset_index()
+    for c in ("ci_low", "ci_high"):
+        part[c] = pd.to_numeric(part[c], errors="coerce") if c in part else math.nan
+    groups = part.groupby(["block", "batch_size"], sort=False)
+    curve = groups["value"].agg(["mean", "count"])
+    curve = curve.rename(columns={"mean": "value", "count": "n_models"})
+    single = curve["n_models"] == 1
+    for c in ("ci_low", "ci_high"):
+        curve[c] = groups[c].first().where(single)
+    curve = curve.reset_index()
     return curve.sort_values(["block", "batch_size"], kind="stable", ignore_index=True)
 
 
@@ -272,15 +335,25 @@ def plot_batch_size(
     colors = sns.color_palette("colorblind", max(len(blocks), 3))
     fig, axes = _new_figure(width=7.0)
     ax = axes[0, 0]
+    xs, ys, cis = [], [], []
     for color, block in zip(colors, blocks, strict=False):
         line = curve[curve["block"] == block]
         ax.plot(
             line["batch_size"], line["value"], marker="o", color=color, label=block_label(block)
         )
+        has_ci = line[line["ci_low"].notna() & line["ci_high"].notna()]
+        xs += list(has_ci["batch_size"])
+        ys += list(has_ci["value"])
+        cis += list(zip(has_ci["ci_low"], has_ci["ci_high"], strict=True))
         ref = df[(df["block"] == block) & (df["column"] == reference_column)]
         if reference_column and not ref.empty:
             label = f"{_method_label(block)} default ({column_label(reference_column)} column)"
             ax.axhline(ref["value"].mean(), color=color, linestyle="--", label=label)
+            ci = _ci_of(ref)
+            if ci is not None:
+                ax.axhspan(*ci, color=color, alpha=0.12, label=f"{label}, 95% CI")
+    _draw_errorbars(ax, xs, ys, cis)
+    ax.set_ylim(*ACCURACY_LIMITS)
     ax.set_xticks(sorted(curve["batch_size"].unique()))
     ax.set_xlabel("batch size (languages per batch)")
     n_models = int(curve["n_models"].max())
@@ -356,6 +429,7 @@ def plot_size_vs_improvement(
         ax.scatter(
             part["size_b"], part["improvement"], color=color, label=f"{method} (r = {r_text})"
         )
+    ax.axhline(0.0, color="grey", linewidth=0.8)  # no improvement: a reader judges the sign
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel("model size (billions of parameters)")
@@ -407,17 +481,21 @@ def plot_calm_accuracy(
             part = part.assign(
                 language=part["column"].map(column_label), series=part["block"].map(block_label)
             )
+            order = [column_label(c) for c in wanted if c in set(part["column"])]
+            hue_order = [block_label(b) for b in blocks]
             sns.barplot(
                 data=part,
                 x="language",
                 y="value",
                 hue="series",
-                order=[column_label(c) for c in wanted if c in set(part["column"])],
-                hue_order=[block_label(b) for b in blocks],
+                order=order,
+                hue_order=hue_order,
                 palette=_palette(blocks),
                 errorbar=None,
                 ax=ax,
             )
+            _bar_errorbars(ax, part, "language", order, hue_order)
+            ax.set_ylim(*ACCURACY_LIMITS)
             ax.set_xlabel("")
             ax.set_ylabel("accuracy (%)")
             ax.set_title(f"{(ds or '').upper()} {short_model(model)}".strip())
