@@ -27,9 +27,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from xlalign import lm  # noqa: E402
 from xlalign.calm.items import corpus_items, group_items  # noqa: E402
 from xlalign.calm.prompts import build_prompt  # noqa: E402
-from xlalign.evaluation.scoring import _left_pad, _pad_id, encode  # noqa: E402
 from xlalign.generation import SamplingStats, greedy_generate, sample_shared_prefill  # noqa: E402
 from xlalign.probe.build import render_prompt  # noqa: E402
 from xlalign.sources.corpus import load_corpus  # noqa: E402
@@ -56,14 +56,12 @@ class PrefillCounter:
 @torch.inference_mode()
 def generate_baseline(model, tok, prompts, m, args) -> tuple[list[list[str]], int]:
     """Plain ``generate(num_return_sequences=m)``; returns texts and new tokens kept."""
-    from xlalign.evaluation.scoring import _decode_new, _stop_ids
-
-    pad_id, stop = _pad_id(tok), _stop_ids(model, tok)
+    pad_id, stop = lm.pad_id(tok), lm.stop_ids(model, tok)
     torch.manual_seed(args.seed)
     out, new_tokens = [], 0
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start : start + args.batch_size]
-        ids, mask = _left_pad([encode(tok, p) for p in batch], pad_id, model.device)
+        ids, mask = lm.left_pad([lm.encode(tok, p) for p in batch], pad_id, model.device)
         gen = model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -79,7 +77,7 @@ def generate_baseline(model, tok, prompts, m, args) -> tuple[list[list[str]], in
         for row in rows:
             cut = next((i + 1 for i, t in enumerate(row) if t in stop), len(row))
             new_tokens += cut
-        texts = [_decode_new(tok, row, stop) for row in rows]
+        texts = [lm.decode_new(tok, row, stop) for row in rows]
         out += [texts[i * m : (i + 1) * m] for i in range(len(batch))]
     return out, new_tokens
 
@@ -119,7 +117,7 @@ def main(argv=None) -> int:
         for q in qids
         for lang in args.langs
     ]
-    n_tokens = [len(encode(tok, x)) for x in prompts]
+    n_tokens = [len(lm.encode(tok, x)) for x in prompts]
     print(
         f"model={args.model} dtype={args.dtype} threads={torch.get_num_threads()} prompts={len(prompts)} "
         f"({len(qids)} questions x {len(args.langs)} languages) m={args.m} "

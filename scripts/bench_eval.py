@@ -27,8 +27,8 @@ import torch
 
 from xlalign.config import load_profile
 from xlalign.evaluation.predictions import agreement, evaluate_probe
-from xlalign.evaluation.scoring import encode
 from xlalign.experiments import eval_subset
+from xlalign.lm import encode
 from xlalign.models import load_model
 from xlalign.probe.build import render_prompt
 from xlalign.probe.dataset import build_probe_data

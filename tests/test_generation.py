@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xlalign.evaluation.scoring import _left_pad, _pad_id, encode
 from xlalign.generation import SamplingStats, greedy_generate, sample_shared_prefill
+from xlalign.lm import encode, left_pad, pad_id
 
 PROMPTS = [
     "Question: which planet is largest?\nA. Mars\nB. Jupiter\nC. Venus\nD. Mercury\nAnswer:",
@@ -56,8 +56,8 @@ class ForwardLog:
 
 
 def _generate_greedy(model, tok, prompts, n):
-    pad = _pad_id(tok)
-    ids, mask = _left_pad([encode(tok, p) for p in prompts], pad, model.device)
+    pad = pad_id(tok)
+    ids, mask = left_pad([encode(tok, p) for p in prompts], pad, model.device)
     out = model.generate(
         input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n, pad_token_id=pad,
         temperature=None, top_p=None, top_k=None,
@@ -100,8 +100,8 @@ def test_plain_generate_prefills_each_prompt_m_times(tiny):
     """The cost shared prefill removes: ``num_return_sequences`` repeats the prompt before encoding."""
     model, tok = tiny
     log = ForwardLog(model)
-    pad = _pad_id(tok)
-    ids, mask = _left_pad([encode(tok, p) for p in PROMPTS], pad, model.device)
+    pad = pad_id(tok)
+    ids, mask = left_pad([encode(tok, p) for p in PROMPTS], pad, model.device)
     try:
         with torch.inference_mode():
             model.generate(

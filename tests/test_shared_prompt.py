@@ -37,6 +37,24 @@ def concatenated_logps(model, prompts, completions, pad_id):
     return out
 
 
+class ForwardLog:
+    """Forward pre-hook on the model: (rows, columns) of the input_ids of every forward call."""
+
+    def __init__(self, model):
+        self.calls: list[tuple[int, int]] = []
+        self.handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.calls.append(tuple(ids.shape))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
 def test_shared_prompt_matches_concatenated_forward_values_and_gradients(tiny_model_and_tokenizer):
     from peft import LoraConfig, get_peft_model
 
@@ -60,7 +78,11 @@ def test_shared_prompt_matches_concatenated_forward_values_and_gradients(tiny_mo
     g_ref = [p.grad.clone() for p in params]
 
     model.zero_grad()
-    logits, targets, mask = shared_prompt_logits(model, PROMPTS, COMPLETIONS, tok.pad_token_id)
+    with ForwardLog(model) as log:
+        logits, targets, mask = shared_prompt_logits(model, PROMPTS, COMPLETIONS, tok.pad_token_id)
+    # One pass over the 3 left-padded prompts (6 columns), one over the 6 completions minus their
+    # last token (3 columns): no prompt token is fed twice.
+    assert log.calls == [(3, 6), (6, 3)]
     lp = token_logps(logits, targets, mask)
     assert logits.shape[:2] == (6, 4) and mask.sum().item() == sum(len(c) for c in COMPLETIONS)
     for r, comp in enumerate(COMPLETIONS):
@@ -76,8 +98,12 @@ def test_shared_prompt_matches_concatenated_forward_values_and_gradients(tiny_mo
 def test_single_token_completions_need_no_second_pass(tiny_model_and_tokenizer):
     model, tok = tiny_model_and_tokenizer
     comps = [[30], [44], [50], [60], [70], [80]]
-    with torch.no_grad():
+    with torch.no_grad(), ForwardLog(model) as log:
         logits, targets, mask = shared_prompt_logits(model, PROMPTS, comps, tok.pad_token_id)
+    # Exactly one forward, over the 3 prompts (padded to the longest, 6 tokens): each prompt is
+    # encoded once and the single-token completions need nothing more.
+    assert log.calls == [(3, 6)]
+    with torch.no_grad():
         ref = concatenated_logps(model, PROMPTS, comps, tok.pad_token_id)
     lp = token_logps(logits, targets, mask)
     torch.testing.assert_close(lp[:, 0], torch.stack([x[0] for x in ref]), atol=1e-5, rtol=1e-5)

@@ -11,15 +11,16 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from xlalign.evaluation.scoring import (
-    _batches,
-    _decode_new,
-    _eval_mode,
-    _input_device,
-    _left_pad,
-    _pad_id,
-    _stop_ids,
+from xlalign.lm import (
+    batches,
+    decode_new,
     encode,
+    eval_mode,
+    input_device,
+    left_pad,
+    pad_id,
+    positions,
+    stop_ids,
 )
 
 
@@ -50,34 +51,33 @@ class SamplingStats:
 
 @torch.inference_mode()
 def greedy_generate(
-    model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 8
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int = 8,
+    generation_kwargs: dict | None = None,
 ) -> list[str]:
     """Greedy continuation of each (already rendered) prompt; returns the new text only.
 
-    Prompts are tokenized like the scorer (``evaluation.encode``: no second BOS after a chat
-    template), left-padded so every row's new tokens start at the same column, and cut at the
-    first stop token.
+    Prompts are tokenized like the scorer (``lm.encode``: no second BOS after a chat template),
+    left-padded so every row's new tokens start at the same column, and cut at the first stop token
+    (an output that starts with one is ""). ``generation_kwargs`` go to ``model.generate`` (e.g. a
+    ``logits_processor``); they cannot switch sampling back on.
     """
-    pad_id = _pad_id(tokenizer)
-    stop = _stop_ids(model, tokenizer)
+    pad = pad_id(tokenizer)
+    stop = stop_ids(model, tokenizer)
+    kwargs = dict(generation_kwargs or {})
+    kwargs.update(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad)
     # Greedy decoding ignores temperature/top_p/top_k; unsetting them silences transformers' warning
     # about a sampling-flavoured generation_config.
-    kwargs = dict(
-        do_sample=False,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=pad_id,
-        temperature=None,
-        top_p=None,
-        top_k=None,
-    )
+    kwargs.update(temperature=None, top_p=None, top_k=None)
     out: list[str] = []
-    with _eval_mode(model):
-        for batch in _batches(list(prompts), batch_size):
-            ids, mask = _left_pad(
-                [encode(tokenizer, p) for p in batch], pad_id, _input_device(model)
-            )
+    with eval_mode(model):
+        for batch in batches(list(prompts), batch_size):
+            ids, mask = left_pad([encode(tokenizer, p) for p in batch], pad, input_device(model))
             gen = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-            out.extend(_decode_new(tokenizer, row, stop) for row in gen[:, ids.shape[1] :].tolist())
+            out.extend(decode_new(tokenizer, row, stop) for row in gen[:, ids.shape[1] :].tolist())
     return out
 
 
@@ -177,22 +177,20 @@ def sample_shared_prefill(
     if m < 1:
         raise ValueError(f"m={m} must be >= 1")
     stats = stats if stats is not None else SamplingStats()
-    pad_id = _pad_id(tokenizer)
-    stop = _stop_ids(model, tokenizer)
-    device = _input_device(model)
-    stop_ids = torch.tensor(sorted(stop) or [pad_id], device=device)
+    pad = pad_id(tokenizer)
+    stop = stop_ids(model, tokenizer)
+    device = input_device(model)
+    stop_tensor = torch.tensor(sorted(stop) or [pad], device=device)
     t0 = time.perf_counter()
     out: list[list[str]] = []
-    with _eval_mode(model):
-        for b, batch in enumerate(_batches(list(prompts), batch_size)):
+    with eval_mode(model):
+        for b, batch in enumerate(batches(list(prompts), batch_size)):
             gen = torch.Generator(device=device).manual_seed(_batch_seed(seed, b))
-            ids, mask = _left_pad([encode(tokenizer, p) for p in batch], pad_id, device)
-            # Left padding shifts every real token; positions count real tokens only.
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            ids, mask = left_pad([encode(tokenizer, p) for p in batch], pad, device)
             prefill = model(
                 input_ids=ids,
                 attention_mask=mask,
-                position_ids=positions,
+                position_ids=positions(mask),
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -211,10 +209,10 @@ def sample_shared_prefill(
             for step in range(max_new_tokens):
                 tok = _next_tokens(logits, temperature, top_p, top_k, gen)
                 # Finished rows keep decoding (cheaper than reshaping the cache) but emit padding.
-                tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+                tok = torch.where(done, torch.full_like(tok, pad), tok)
                 stats.new_tokens += int((~done).sum().item())
                 steps.append(tok)
-                done |= torch.isin(tok, stop_ids)
+                done |= torch.isin(tok, stop_tensor)
                 if bool(done.all()) or step == max_new_tokens - 1:
                     break
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -231,7 +229,7 @@ def sample_shared_prefill(
             rows = (
                 torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(len(batch) * m)]
             )
-            texts = [_decode_new(tokenizer, row, stop) for row in rows]
+            texts = [decode_new(tokenizer, row, stop) for row in rows]
             out.extend(texts[i * m : (i + 1) * m] for i in range(len(batch)))
     stats.prompts += len(prompts)
     stats.samples += len(prompts) * m

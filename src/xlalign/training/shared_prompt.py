@@ -14,19 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-
-def left_pad(
-    rows: Sequence[Sequence[int]], pad_id: int, device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists -> (ids, mask), padded on the left so that every row ends at the last column."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r) :] = torch.as_tensor(list(r), dtype=torch.long)
-            mask[i, width - len(r) :] = 1
-    return ids.to(device), mask.to(device)
+from xlalign.lm import left_pad, positions
 
 
 def shared_prompt_logits(
@@ -55,10 +43,12 @@ def shared_prompt_logits(
     n = len(completions) // n_prompts
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_id, device)
-    # Left padding shifts every real token; positions count real tokens only.
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(
-        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions(mask),
+        use_cache=True,
+        logits_to_keep=1,
     )
     last = out.logits[:, -1]  # (B, V): predicts each completion's first token
 
