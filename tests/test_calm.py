@@ -456,7 +456,7 @@ def test_full_chain_on_the_tiny_model(tiny_profile, tmp_path, tiny_model_and_tok
     assert counts["questions_no_vote"] == 1 and counts["pairs"] == {"en": 1, "fr": 1}
     assert counts["incremental"]["calm_en"]["pairs"] == {"en": 1}
 
-    training = res["training"]
+    training = res.training
     assert {k: v["rows"] for k, v in training.items()} == {
         "calm": 2,
         "sft": 6,
@@ -468,23 +468,23 @@ def test_full_chain_on_the_tiny_model(tiny_profile, tmp_path, tiny_model_and_tok
         v["steps"] == 1 and (out / "train" / k / "adapter" / "adapter_config.json").exists()
         for k, v in training.items()
     )
-    assert set(res["evaluation"]) == {"base", "calm", "sft", "gt_dpo", "gt_sft", "calm_en"}
-    for name, metrics in res["evaluation"].items():
+    assert set(res.evaluation) == {"base", "calm", "sft", "gt_dpo", "gt_sft", "calm_en"}
+    for name, metrics in res.evaluation.items():
         assert set(metrics["accuracy"]) == set(langs)
         assert {"acc_avg", "consistency", "ac3"} <= set(metrics)
         preds = (out / "predictions" / f"{name}.jsonl").read_text().splitlines()
         assert len(preds) == len(test_ids) * len(langs)
-    assert set(res["incremental"]) == {"calm_en", "calm_en+fr"}
-    assert res["vote_accuracy"]["questions"] == 3
-    assert res["questions_train"] == 3 and res["questions_test"] == 1
-    assert res["wall_times_s"]["total"] > 0
+    assert set(res.incremental) == {"calm_en", "calm_en+fr"}
+    assert res.vote_accuracy["questions"] == 3
+    assert res.questions_train == 3 and res.questions_test == 1
+    assert res.wall_times_s["total"] > 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["counts"]["pairs_total"] == 2
 
     # The tidy Tables 1/3 rebuilt from the per-item files agree with the chain's own scores.
     table = results_table(out, "tiny", langs, seed=0, n_resamples=50)
     assert list(pd.unique(table["block"])) == ["base", "sft", "calm", "sft_gt", "dpo_gt", "calm_en"]
-    for name, metrics in res["evaluation"].items():
+    for name, metrics in res.evaluation.items():
         block = table[table["block"] == PAPER_BLOCKS.get(name, name)].set_index("column")["value"]
         assert block["english"] == pytest.approx(metrics["accuracy"]["en"])
         assert block["french"] == pytest.approx(metrics["accuracy"]["fr"])
@@ -493,5 +493,5 @@ def test_full_chain_on_the_tiny_model(tiny_profile, tmp_path, tiny_model_and_tok
     assert base["delta"].isna().all()
     calm_rows = table[table["block"] == "calm"].set_index("column")
     assert calm_rows.loc["acc_avg", "delta"] == pytest.approx(
-        res["evaluation"]["calm"]["acc_avg"] - res["evaluation"]["base"]["acc_avg"]
+        res.evaluation["calm"]["acc_avg"] - res.evaluation["base"]["acc_avg"]
     )

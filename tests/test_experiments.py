@@ -8,7 +8,7 @@ from xlalign import experiments
 from xlalign.config import load_profile
 from xlalign.probe.dataset import build_probe_data
 from xlalign.runs import start_run
-from xlalign.training.run import training_signature
+from xlalign.training.run import TrainResult, training_signature
 
 
 def _finished(run, label, profile):
@@ -16,8 +16,18 @@ def _finished(run, label, profile):
     out.mkdir(parents=True)
     sig = training_signature(profile, profile.train.method)
     (out / "xlalign_train_config.json").write_text(json.dumps(sig))
-    info = {"output_dir": str(out), "adapter_dir": str(out / "adapter"), "steps": 2}
-    (out / "train_result.json").write_text(json.dumps(info))
+    info = TrainResult(
+        output_dir=out,
+        adapter_dir=out / "adapter",
+        steps=2,
+        wall_time_s=1.0,
+        tokens=10,
+        tokens_per_s=10.0,
+        train_log=out / "train_log.jsonl",
+        batch_logs=[],
+        metrics={},
+    )
+    (out / "train_result.json").write_text(json.dumps(info.to_dict()))
     return info
 
 

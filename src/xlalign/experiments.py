@@ -14,11 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from xlalign import results
 from xlalign.config import Profile, derive, load_profile
 from xlalign.evaluation import stats
 from xlalign.probe.dataset import ProbeData, build_probe_data, save_probe_data
 from xlalign.report import tables
+from xlalign.results import Evaluation, TrainedArm
 from xlalign.runs import Run
+from xlalign.training.run import TrainResult
 
 
 def profile_for(profile: Profile, overlays: list[str] = (), **train) -> Profile:
@@ -69,14 +72,20 @@ def evaluate(
     tokenizer=None,
 ) -> pd.DataFrame:
     """Evaluate base or adapter model on ``rows``; predictions go to ``eval/<label>/predictions.jsonl``."""
-    from xlalign.evaluation.predictions import evaluate_probe, load_eval_model
+    from xlalign.evaluation.predictions import (
+        evaluate_probe,
+        load_eval_model,
+        predictions_frame,
+        read_predictions,
+    )
 
     out = run.sub("eval", label) / "predictions.jsonl"
     wanted = {r["item_id"] for r in rows}
     if out.exists():
-        done = pd.read_json(out, lines=True)
-        if wanted <= set(done["item_id"]):
+        done = read_predictions(out, repair=True)  # a torn tail is cut here, evaluate_probe resumes
+        if done and wanted <= {r["item_id"] for r in done}:
             # An earlier step evaluated a superset of these items (e.g. more languages): reuse it.
+            done = predictions_frame(done)
             return done[done["item_id"].isin(wanted)].reset_index(drop=True)
     t0 = time.perf_counter()
     if model is None:
@@ -116,12 +125,12 @@ def same_training(run: Run, profile: Profile) -> Path | None:
     return None
 
 
-def adapter_label(info: dict) -> str:
+def adapter_label(info: TrainResult) -> str:
     """The evaluation label of an adapter: its training directory's name (shared runs share predictions)."""
-    return Path(info["output_dir"]).name
+    return Path(info.output_dir).name
 
 
-def train(profile: Profile, run: Run, label: str, data: ProbeData) -> dict:
+def train(profile: Profile, run: Run, label: str, data: ProbeData) -> TrainResult:
     """Train one adapter into ``train/<label>``; a finished run is reused, an interrupted one resumes,
     and a finished run of the same configuration under another label is used instead of retraining."""
     from xlalign.training.run import train_preference
@@ -129,11 +138,11 @@ def train(profile: Profile, run: Run, label: str, data: ProbeData) -> dict:
     out = run.path / "train" / label
     done = out / "train_result.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return TrainResult.from_dict(json.loads(done.read_text()))
     twin = same_training(run, profile) if not out.exists() else None
     if twin is not None:
         run.step(f"train/{label}", reused=str(twin.relative_to(run.path)))
-        return json.loads((twin / "train_result.json").read_text())
+        return TrainResult.from_dict(json.loads((twin / "train_result.json").read_text()))
     res = train_preference(profile, data.train_dataset(), out, resume=True)
     run.step(
         f"train/{label}",
@@ -142,16 +151,19 @@ def train(profile: Profile, run: Run, label: str, data: ProbeData) -> dict:
         tokens_per_s=round(res.tokens_per_s, 1),
     )
     gc.collect()
-    return res.to_dict()
+    return res
 
 
 def train_and_evaluate(
     profile: Profile, run: Run, label: str, data: ProbeData, langs: list[str]
-) -> dict:
+) -> TrainedArm:
+    """Train ``label`` (or reuse it) and evaluate its adapter on the held-out items of ``langs``."""
     info = train(profile, run, label, data)
     rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
-    preds = evaluate(profile, run, adapter_label(info), rows, adapter_dir=info["adapter_dir"])
-    return {"train": info, "preds": preds}
+    eval_label = adapter_label(info)
+    preds = evaluate(profile, run, eval_label, rows, adapter_dir=info.adapter_dir)
+    evaluation = Evaluation(eval_label, run.path / "eval" / eval_label / "predictions.jsonl", preds)
+    return TrainedArm(label, profile.train.method, profile.train.batching, info, evaluation)
 
 
 # --------------------------------------------------------------------------- comparisons and tables
@@ -196,12 +208,31 @@ def write_tables(run: Run, stem: str, tidy: pd.DataFrame) -> dict:
 def load_run_profile(
     run_dir: str | Path, name: str, overrides: list[str] = ()
 ) -> tuple[Profile, Run]:
-    """Notebook helper: the profile (with overrides) and the run directory it writes into."""
+    """The profile (with overrides) and the run directory it writes into: ``run_dir`` resumes that
+    run, "" starts a new one."""
     from xlalign.runs import start_run
 
     profile = load_profile(name, overrides=list(overrides))
     run = start_run(profile, run_dir or None, resume=True) if run_dir else start_run(profile)
     return profile, run
+
+
+def setup(
+    profile: str, run_dir: str | Path = "", seed: int | None = None, overrides: list[str] = ()
+) -> tuple[Profile, Run]:
+    """Every notebook's first call: the profile and its run, with package versions and the device
+    printed. ``seed`` replaces the profile's; ``overrides`` are ``section.key=value`` strings."""
+    from xlalign.runs import device_info, package_versions
+
+    overrides = [*overrides, *([f"seed={seed}"] if seed is not None else [])]
+    prof, run = load_run_profile(run_dir, profile, overrides)
+    versions = {k: v for k, v in package_versions().items() if v}
+    print("packages:", ", ".join(f"{k} {v}" for k, v in versions.items()))
+    print("device:", ", ".join(f"{k}={v}" for k, v in device_info().items()))
+    print(
+        f"profile: {prof.name} (model {prof.model.name}, dtype {prof.model.dtype}); run: {run.path}"
+    )
+    return prof, run
 
 
 def replace_model(profile: Profile, name: str) -> Profile:
@@ -212,24 +243,27 @@ def replace_model(profile: Profile, name: str) -> Profile:
 
 
 def probe_for_method(
-    results: dict, baseline: pd.DataFrame, profile: Profile, langs: list[str]
+    arms: dict[tuple[str, str], TrainedArm],
+    baseline: pd.DataFrame,
+    profile: Profile,
+    langs: list[str],
 ) -> pd.DataFrame:
     """Tables 6/8 layout: baseline, <method>_default (uncoupled), <method>_ours (aligned, deltas vs default)."""
     name = profile.model.name
     parts = [probe_tidy(baseline, "ours_t06_08", "baseline", name, langs, profile)]
     for method in profile.experiments.methods:
         default = probe_tidy(
-            results[method, "uncoupled"]["preds"],
+            arms[method, "uncoupled"].preds,
             "ours_t06_08",
-            f"{method}_default",
+            results.block(method, "uncoupled"),
             name,
             langs,
             profile,
         )
         ours = probe_tidy(
-            results[method, "aligned"]["preds"],
+            arms[method, "aligned"].preds,
             "ours_t06_08",
-            f"{method}_ours",
+            results.block(method, "aligned"),
             name,
             langs,
             profile,
@@ -239,13 +273,13 @@ def probe_for_method(
     return pd.concat(parts, ignore_index=True)
 
 
-def training_curves(results: dict):
+def training_curves(arms: dict[tuple[str, str], TrainedArm]):
     """Loss per step of every training run (a matplotlib Figure)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
-    for (method, batching), res in sorted(results.items()):
-        log = Path(res["train"]["train_log"])
+    for (method, batching), arm in sorted(arms.items()):
+        log = Path(arm.train.train_log)
         if not log.exists():
             continue
         rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
@@ -280,15 +314,17 @@ def ablation_batch_size(profile: Profile, run: Run, data: ProbeData) -> dict:
     cells, preds = [], {}
     for b in profile.experiments.batch_sizes:
         p = _ablation_profile(profile, [f"batch_size_{b}"])
-        info = train(p, run, f"ablation-bs{b}", data)
-        preds[b] = evaluate(p, run, adapter_label(info), rows, adapter_dir=info["adapter_dir"])
+        info = train(p, run, results.batch_size(b), data)
+        preds[b] = evaluate(p, run, adapter_label(info), rows, adapter_dir=info.adapter_dir)
         tidy = probe_tidy(preds[b], "ours_t12_13", f"bs_{b}", name, langs, profile)
         cells.append(tidy.assign(batch_size=b))
     top = max(profile.experiments.batch_sizes)
     pd_ = _ablation_profile(profile, [f"batch_size_{top}", "uncoupled"])
-    info = train(pd_, run, f"ablation-bs{top}-uncoupled", data)
-    default = evaluate(pd_, run, adapter_label(info), rows, adapter_dir=info["adapter_dir"])
-    default_tidy = probe_tidy(default, "ours_t12_13", f"{method}_default", name, langs, profile)
+    info = train(pd_, run, results.batch_size(top, uncoupled=True), data)
+    default = evaluate(pd_, run, adapter_label(info), rows, adapter_dir=info.adapter_dir)
+    default_tidy = probe_tidy(
+        default, "ours_t12_13", results.block(method, "uncoupled"), name, langs, profile
+    )
     table = pd.concat(cells + [default_tidy], ignore_index=True)
     # Figure 6 layout: one block per method, bs_N columns = Rest (avg.) at batch size N, rest_avg = default.
     rest = {
@@ -325,8 +361,8 @@ def ablation_english(profile: Profile, run: Run, data: ProbeData, batch_size_res
     name = profile.model.name
     others = [lang for lang in profile.data.train_langs if lang != "en"]
     p = _ablation_profile(profile, ["no_english"], batch_size=len(others))
-    info = train(p, run, "ablation-no-english", data)
-    without = evaluate(p, run, "ablation-no-english", rows, adapter_dir=info["adapter_dir"])
+    info = train(p, run, results.NO_ENGLISH, data)
+    without = evaluate(p, run, adapter_label(info), rows, adapter_dir=info.adapter_dir)
     with_en = batch_size_result["preds"][max(batch_size_result["preds"])]
     table = pd.concat(
         [
@@ -350,22 +386,28 @@ def ablation_machine_translated(profile: Profile, run: Run) -> dict:
     data = build_probe_data(p_al, _tokenizer(p_al))
     langs = ["en"] + p_al.data.mt_langs
     rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
-    base = evaluate(profile, run, f"baseline-{name}-mt-langs", rows)
+    base = evaluate(profile, run, results.baseline_mt(name), rows)
     out = {}
     for batching in ("uncoupled", "aligned"):
         p = profile_for(p_al, batching=batching)
-        info = train(p, run, f"ablation-mt-{batching}", data)
-        out[batching] = evaluate(
-            p, run, f"ablation-mt-{batching}", rows, adapter_dir=info["adapter_dir"]
-        )
+        info = train(p, run, results.machine_translated(batching), data)
+        out[batching] = evaluate(p, run, adapter_label(info), rows, adapter_dir=info.adapter_dir)
     method = profile.experiments.ablation_method
-    default = probe_tidy(out["uncoupled"], "ours_t11", f"{method}_default", name, langs, profile)
+    default = probe_tidy(
+        out["uncoupled"], "ours_t11", results.block(method, "uncoupled"), name, langs, profile
+    )
     table = pd.concat(
         [
             probe_tidy(base, "ours_t11", "baseline", name, langs, profile),
             default,
             probe_tidy(
-                out["aligned"], "ours_t11", f"{method}_ours", name, langs, profile, baseline=default
+                out["aligned"],
+                "ours_t11",
+                results.block(method, "aligned"),
+                name,
+                langs,
+                profile,
+                baseline=default,
             ),
         ],
         ignore_index=True,
@@ -385,7 +427,7 @@ def _tokenizer(profile: Profile):
 def unseen_languages(profile: Profile, run: Run) -> dict:
     """Baseline vs the aligned adapter of ``experiments.ablation_method`` from notebook 03, on th/vi/hu/ro."""
     method = "orpo" if "orpo" in profile.experiments.methods else profile.experiments.methods[0]
-    label = f"{method}-aligned"
+    label = results.arm(method, "aligned")
     info_path = run.path / "train" / label / "train_result.json"
     if not info_path.exists():
         raise FileNotFoundError(f"{info_path} missing: run notebook 03 in this run directory first")
@@ -394,13 +436,21 @@ def unseen_languages(profile: Profile, run: Run) -> dict:
     langs = ["en"] + profile.data.unseen_langs
     rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
     name = profile.model.name
-    base = evaluate(profile, run, f"baseline-{name}", rows)  # reuses notebook 02's predictions
-    ours = evaluate(profile, run, f"{label}-unseen", rows, adapter_dir=info["adapter_dir"])
+    base = evaluate(profile, run, results.baseline(name), rows)  # reuses notebook 02's predictions
+    ours = evaluate(profile, run, results.unseen(method), rows, adapter_dir=info["adapter_dir"])
     base_t = probe_tidy(base, "ours_t07", "baseline", name, langs, profile)
     table = pd.concat(
         [
             base_t,
-            probe_tidy(ours, "ours_t07", f"{method}_ours", name, langs, profile, baseline=base_t),
+            probe_tidy(
+                ours,
+                "ours_t07",
+                results.block(method, "aligned"),
+                name,
+                langs,
+                profile,
+                baseline=base_t,
+            ),  # fmt: skip
         ],
         ignore_index=True,
     )
@@ -413,7 +463,7 @@ def out_of_domain(profile: Profile, run: Run) -> pd.DataFrame:
     from xlalign.evaluation.predictions import load_eval_model
 
     method = "orpo" if "orpo" in profile.experiments.methods else profile.experiments.methods[0]
-    adapter = run.path / "train" / f"{method}-aligned" / "adapter"
+    adapter = run.path / "train" / results.arm(method, "aligned") / "adapter"
     if profile.experiments.benchmarks:
         tasks, include = list(profile.experiments.benchmarks), None
     else:
@@ -425,7 +475,7 @@ def out_of_domain(profile: Profile, run: Run) -> pd.DataFrame:
     frames = []
     for label, adapter_dir in (
         ("baseline", None),
-        (f"{method}_ours", adapter if adapter.exists() else None),
+        (results.block(method, "aligned"), adapter if adapter.exists() else None),
     ):
         if label != "baseline" and adapter_dir is None:
             continue

@@ -18,6 +18,7 @@ from xlalign.calm.pairs import build_pairs, ground_truth_pairs, gt_sft_rows, pai
 from xlalign.calm.variants import _load_adapter, _train_variant, predict, score
 from xlalign.calm.vote import SamplerFn, render_prompts, sample_answers, vote_accuracy, vote_all
 from xlalign.config import Profile
+from xlalign.results import CalmRun
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def run_calm(
     compare_batching: bool = False,
     batch_size: int | None = None,
     pairing: str = "one",
-) -> dict:
+) -> CalmRun:
     """Sample -> vote -> pairs -> DPO (+ baselines) -> evaluation; everything under ``run_dir/calm/``.
 
     ``items``: MCQ items (``qid, lang, question, options, answer, context``) such as
@@ -83,7 +84,7 @@ def run_calm(
     ``compare_batching`` also trains CALM with the other batching. ``batch_size``: pairs per
     micro-batch (default ``calm.batch_size`` if the profile has one, else 1 as in Table 5).
     Questions without a vote, ties, languages without pairs and failed translations are counted in
-    ``counts.json``, never raised. Returns the main results and wall times.
+    ``counts.json``, never raised. Returns the main results and wall times as a ``CalmRun``.
     """
     from xlalign.generation import SamplingStats
     from xlalign.translate import make_translator
@@ -235,20 +236,20 @@ def run_calm(
         batching_cmp = {c.batching: evaluation.get("calm"), other: evaluation.get(f"calm_{other}")}
 
     walls["total"] = time.perf_counter() - t_all
-    results = {
-        "train_langs": train_langs,
-        "eval_langs": eval_langs,
-        "questions_train": len(train_q),
-        "questions_test": len(test_q),
-        "eval_on_train_questions": set(train_ids) == set(test_ids),
-        "sampling": stats.to_dict() if sampler is None else {"injected": True},
-        "counts": counts,
-        "vote_accuracy": fig3,
-        "training": training,
-        "evaluation": evaluation,
-        "incremental": table10,
-        "batching": batching_cmp,
-        "wall_times_s": walls,
-    }
-    _write_json(out / "metrics.json", results)
+    results = CalmRun(
+        train_langs=train_langs,
+        eval_langs=eval_langs,
+        questions_train=len(train_q),
+        questions_test=len(test_q),
+        eval_on_train_questions=set(train_ids) == set(test_ids),
+        sampling=stats.to_dict() if sampler is None else {"injected": True},
+        counts=counts,
+        vote_accuracy=fig3,
+        training=training,
+        evaluation=evaluation,
+        incremental=table10,
+        batching=batching_cmp,
+        wall_times_s=walls,
+    )
+    _write_json(out / "metrics.json", results.to_dict())
     return results
