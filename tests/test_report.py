@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pandas as pd
 import pytest
 
 from xlalign import paper
+from xlalign.config import REPO_ROOT
+from xlalign.report import build, figures
 from xlalign.report.build import published_side_by_side, write_side_by_side
 from xlalign.report.tables import SCHEMA_COLUMNS, write_table
+from xlalign.runs import Run
 
 
 def _ours(table, rows):
@@ -110,3 +116,143 @@ def test_a_malformed_table_of_ours_names_the_file_and_line(tmp_path):
     )
     with pytest.raises(paper.PaperDataError, match=r"table05_baseline.csv: line 2.*'value'"):
         published_side_by_side(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# A run's figures stay in the run; the tracked gallery changes only through refresh_gallery
+
+
+def _fake_run(path) -> Run:
+    path.mkdir(parents=True, exist_ok=True)
+    record = {
+        "profile": "smoke",
+        "seed": 0,
+        "git": {"commit": "0" * 40, "dirty": False},
+        "device": {"cuda": False},
+        "steps": {"notebook/03_batch_alignment": {"wall_time_s": 1.0}},
+    }
+    return Run(path=path, record=record)
+
+
+def _fig3_frame() -> pd.DataFrame:
+    nan = float("nan")
+    rows = []
+    for block, value in (("baseline", 40.0), ("orpo_default", 45.0), ("orpo_ours", 50.0)):
+        for column in ("english", "rest_avg"):
+            rows.append((block, column, value, nan, value - 10, value + 10))
+    return _ours("ours_t06_08", rows)
+
+
+def _gallery_state():
+    """``git status --porcelain figures/`` and the (name, size, mtime) of every file there."""
+    status = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "figures/"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    files = sorted(
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in build.GALLERY_DIR.iterdir()
+    )
+    return status, files
+
+
+def _make_run_figures(run: Run) -> None:
+    frame = _fig3_frame()
+    build.save_ours(figures.plot_english_vs_rest(frame), "fig3_english_vs_rest", frame, run)
+
+
+def test_save_ours_writes_into_the_run_not_the_gallery(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    before = _gallery_state()
+    frame = _fig3_frame()
+    png = build.save_ours(figures.plot_english_vs_rest(frame), "fig3_english_vs_rest", frame, run)
+    assert png == run.path / "figures" / "ours_fig3_english_vs_rest.png"
+    names = {p.name for p in (run.path / "figures").iterdir()}
+    assert names == {f"ours_fig3_english_vs_rest.{ext}" for ext in ("png", "svg", "csv")}
+    assert _gallery_state() == before
+    # a run directory given as a path works the same
+    other = build.save_ours(figures.plot_english_vs_rest(frame), "x", frame, tmp_path / "b")
+    assert other == tmp_path / "b" / "figures" / "ours_x.png"
+
+
+def test_draw_paper_figures_needs_a_destination(tmp_path):
+    with pytest.raises(TypeError, match="run or an out_dir"):
+        build.draw_paper_figures()
+    run = _fake_run(tmp_path / "run")
+    out = build.draw_paper_figures(run)
+    assert set(out) == {stem for _key, stem, _title, _fn in build.FIGURES}
+    assert all(p.parent == run.path / "figures" and p.exists() for p in out.values())
+
+
+def test_report_of_a_run_without_figures_points_nowhere_else(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    text = build.build_report(run).read_text(encoding="utf-8")
+    assert text.count("_not produced in this run_") == 2 * len(build.FIGURES)
+    assert "![" not in text
+    assert "figures/" not in text and str(build.GALLERY_DIR) not in text
+
+
+def test_report_shows_the_runs_own_figures(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    _make_run_figures(run)
+    text = build.build_report(run).read_text(encoding="utf-8")
+    assert "![ours](figures/ours_fig3_english_vs_rest.png)" in text
+    assert "../" not in text  # nothing outside the run directory
+    # the paper's figures are in the gallery, but not in this run: not shown
+    assert "![paper]" not in text
+    build.draw_paper_figures(run)
+    text = build.build_report(run).read_text(encoding="utf-8")
+    assert "![paper](figures/paper_fig6_batch_size.png)" in text
+    assert text.count("_not produced in this run_") == len(build.FIGURES) - 1
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_a_run_leaves_the_tracked_gallery_untouched(tmp_path):
+    before = _gallery_state()
+    run = _fake_run(tmp_path / "run")
+    _make_run_figures(run)
+    build.draw_paper_figures(run)
+    build.build_report(run)
+    status, files = _gallery_state()
+    assert status == ""
+    assert files == before[1]
+
+
+@pytest.mark.parametrize("target_name", ["gallery", "nested/figures"])
+def test_refresh_gallery_copies_a_runs_figures_and_redraws_the_papers(tmp_path, target_name):
+    run = _fake_run(tmp_path / "run")
+    _make_run_figures(run)
+    target = tmp_path / target_name
+    before = _gallery_state()
+    written = build.refresh_gallery(run.path, target)
+    assert _gallery_state() == before  # the tracked figures/ is not the target here
+    names = {p.name for p in target.iterdir()}
+    ours = {f"ours_fig3_english_vs_rest.{ext}" for ext in ("png", "svg", "csv")}
+    paper_ = {
+        f"paper_{stem}.{ext}" for _k, stem, _t, _f in build.FIGURES for ext in ("png", "svg", "csv")
+    }
+    assert names == ours | paper_ == {p.name for p in written}
+    for name in ours:
+        assert (target / name).read_bytes() == (run.path / "figures" / name).read_bytes()
+
+
+def test_refresh_gallery_refuses_to_mix_runs(tmp_path):
+    target = tmp_path / "gallery"
+    target.mkdir()
+    (target / "ours_fig6_batch_size.png").write_bytes(b"an older run")
+    with pytest.raises(FileNotFoundError, match="no ours_"):
+        build.refresh_gallery(_fake_run(tmp_path / "empty").path, target)
+    run = _fake_run(tmp_path / "run")
+    _make_run_figures(run)
+    with pytest.raises(FileNotFoundError, match="ours_fig6_batch_size.png"):
+        build.refresh_gallery(run.path, target)
+    assert sorted(p.name for p in target.iterdir()) == ["ours_fig6_batch_size.png"]
+
+
+def test_gallery_command_line(tmp_path, capsys):
+    run = _fake_run(tmp_path / "run")
+    _make_run_figures(run)
+    assert build.main(["--gallery", str(run.path), "--target", str(tmp_path / "g")]) == 0
+    assert (tmp_path / "g" / "ours_fig3_english_vs_rest.svg").exists()
+    assert "paper_fig7_size_vs_improvement.png" in capsys.readouterr().out

@@ -1,13 +1,20 @@
 """The summary report: each reproduced figure next to the paper's, our numbers next to the published ones.
 
 Paper figures are redrawn from ``data/paper`` with the same plotting functions our runs use.
+
+A run's figures stay in that run: ``save_ours`` and ``draw_paper_figures`` write into
+``<run>/figures/`` and ``build_report`` shows only those. The tracked gallery (the repository's
+``figures/``, shown in the README) changes only through ``refresh_gallery`` (``make gallery
+RUN_ID=<id>``, i.e. ``python -m xlalign.report.build --gallery runs/<id>``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -17,8 +24,10 @@ from xlalign.config import REPO_ROOT
 from xlalign.report import figures, tables
 from xlalign.runs import Run
 
-# XLALIGN_FIGURES lets tests and scratch runs write figures elsewhere than the repository's figures/.
-FIGURE_DIR = Path(os.environ.get("XLALIGN_FIGURES", REPO_ROOT / "figures"))
+# The tracked gallery; written only by refresh_gallery.
+GALLERY_DIR = REPO_ROOT / "figures"
+# The files of one figure.
+FIGURE_SUFFIXES = (".png", ".svg", ".csv")
 # (paper figure key, our stem, title, plot function name)
 FIGURES = [
     ("ba_fig3", "fig3_english_vs_rest", "Fig. 3: English vs Rest (avg.)", "plot_english_vs_rest"),
@@ -39,8 +48,23 @@ FIGURES = [
 ]
 
 
-def draw_paper_figures(out_dir: Path = FIGURE_DIR) -> dict[str, Path]:
-    """Redraw the batch-alignment paper's Figures 3-7 from the transcribed tables."""
+def run_figure_dir(run: Run | str | Path) -> Path:
+    """``<run>/figures``: where one run's figures go (a Run or a run directory)."""
+    return (run.path if isinstance(run, Run) else Path(run)) / "figures"
+
+
+def draw_paper_figures(
+    run: Run | str | Path | None = None, *, out_dir: str | Path | None = None
+) -> dict[str, Path]:
+    """Redraw the batch-alignment paper's Figures 3-7 from the transcribed tables.
+
+    Into ``<run>/figures/`` (or ``out_dir``); one of the two is required, so that no call writes
+    the tracked gallery by default.
+    """
+    if out_dir is None:
+        if run is None:
+            raise TypeError("draw_paper_figures needs a run or an out_dir")
+        out_dir = run_figure_dir(run)
     out = {}
     manifest = paper.load_manifest()
     for key, stem, title, fn in FIGURES:
@@ -55,8 +79,35 @@ def draw_paper_figures(out_dir: Path = FIGURE_DIR) -> dict[str, Path]:
     return out
 
 
-def save_ours(fig, stem: str, data: pd.DataFrame, out_dir: Path = FIGURE_DIR) -> Path:
-    return figures.save_figure(fig, f"ours_{stem}", out_dir, data=data)["png"]
+def save_ours(fig, stem: str, data: pd.DataFrame, run: Run | str | Path) -> Path:
+    """Write ``ours_<stem>`` (PNG, SVG and ``data`` as CSV) into ``<run>/figures/``."""
+    return figures.save_figure(fig, f"ours_{stem}", run_figure_dir(run), data=data)["png"]
+
+
+def refresh_gallery(run_dir: str | Path, target: str | Path = GALLERY_DIR) -> list[Path]:
+    """Make ``target`` (the tracked ``figures/`` by default) the gallery of one run.
+
+    Copies the run's ``ours_*`` figures (PNG, SVG, CSV) and redraws the ``paper_*`` figures from
+    ``data/paper/``. So that the gallery never mixes runs, the run must hold every ``ours_*``
+    figure that ``target`` already has. Returns the written paths.
+    """
+    source, target = run_figure_dir(run_dir), Path(target)
+    ours = sorted(p for p in source.glob("ours_*") if p.suffix in FIGURE_SUFFIXES)
+    if not ours:
+        raise FileNotFoundError(f"no ours_* figures in {source}")
+    have = {p.name for p in ours}
+    missing = sorted(
+        p.name for p in target.glob("ours_*") if p.suffix in FIGURE_SUFFIXES and p.name not in have
+    )
+    if missing:
+        raise FileNotFoundError(
+            f"{source} lacks {missing}, which {target} has; the gallery would mix runs"
+        )
+    target.mkdir(parents=True, exist_ok=True)
+    written = [Path(shutil.copy2(p, target / p.name)) for p in ours]
+    for png in draw_paper_figures(out_dir=target).values():
+        written += [png.with_suffix(s) for s in FIGURE_SUFFIXES]
+    return written
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -67,8 +118,12 @@ def _table_md(path: Path) -> str:
     return path.read_text() if path.exists() else "_not produced in this run_"
 
 
-def build_report(run: Run, figure_dir: Path = FIGURE_DIR) -> Path:
-    """Write ``runs/<id>/report.md``."""
+def _figure_cell(path: Path, alt: str, run: Run) -> str:
+    return f"![{alt}]({_rel(path, run.path)})" if path.exists() else "_not produced in this run_"
+
+
+def build_report(run: Run) -> Path:
+    """Write ``runs/<id>/report.md``, with the figures of ``<run>/figures/`` only."""
     rec = run.record
     lines = [
         f"# xlalign report — run `{run.id}`",
@@ -89,13 +144,10 @@ def build_report(run: Run, figure_dir: Path = FIGURE_DIR) -> Path:
         if "wall_time_s" in info:
             lines.append(f"| {step} | {info['wall_time_s']} |")
     lines += ["", "## Figures: the paper's (left) and ours (right)", ""]
+    figure_dir = run_figure_dir(run)
     for _key, stem, title, _ in FIGURES:
-        ours = figure_dir / f"ours_{stem}.png"
-        theirs = figure_dir / f"paper_{stem}.png"
-        left = f"![paper]({_rel(theirs, run.path)})" if theirs.exists() else "_missing_"
-        right = (
-            f"![ours]({_rel(ours, run.path)})" if ours.exists() else "_not produced in this run_"
-        )
+        left = _figure_cell(figure_dir / f"paper_{stem}.png", "paper", run)
+        right = _figure_cell(figure_dir / f"ours_{stem}.png", "ours", run)
         lines += [f"### {title}", "", "| paper | ours |", "|---|---|", f"| {left} | {right} |", ""]
     lines += ["## Tables (ours, with 95% bootstrap CIs)", ""]
     table_dir = run.path / "tables"
@@ -208,3 +260,20 @@ def write_side_by_side(tables_dir: Path) -> Path | None:
     path = Path(tables_dir) / "published_side_by_side.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m xlalign.report.build",
+        description="Refresh the tracked figure gallery from one run (make gallery RUN_ID=<id>).",
+    )
+    parser.add_argument("--gallery", metavar="RUN_DIR", required=True, help="e.g. runs/<id>")
+    parser.add_argument("--target", default=str(GALLERY_DIR), help="default: the tracked figures/")
+    args = parser.parse_args(argv)
+    for path in refresh_gallery(args.gallery, args.target):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
