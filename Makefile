@@ -12,11 +12,12 @@ STAMP := $(VENV)/.xlalign-installed
 # default index would otherwise serve a CUDA torch wheel.
 PIP_EXTRA ?=
 
-.PHONY: venv reproduce test lint format lock clean-cache help
+.PHONY: venv reproduce test lint format lock clean-cache help gallery
 
 help:
 	@echo "make reproduce [PROFILE=cpu|smoke|paper] [RUN_ID=...]  run every notebook with papermill"
 	@echo "make test                                           run the test suite (smoke profile)"
+	@echo "make gallery RUN_ID=<id>                           copy runs/<id>/figures/ours_* to figures/, redraw paper_*"
 	@echo "make lint | format | lock"
 
 $(STAMP): pyproject.toml requirements/lock-cpu.txt
@@ -33,6 +34,12 @@ reproduce: venv
 
 test: venv
 	$(BIN)/python -m pytest $(ARGS)
+
+# The tracked gallery (figures/, shown in the README) changes only here: one run's ours_* figures
+# and the paper_* figures redrawn from data/paper/. Runs write their figures into runs/<id>/figures/.
+gallery: venv
+	@test -n "$(RUN_ID)" || { echo "usage: make gallery RUN_ID=<id> (a run directory under runs/)" >&2; exit 2; }
+	$(BIN)/python -m xlalign.report.build --gallery runs/$(RUN_ID)
 
 lint: venv
 	$(BIN)/ruff check src tests notebooks scripts

@@ -13,7 +13,6 @@ from xlalign.pipeline import notebooks, reproduce
 @pytest.mark.slow
 def test_all_notebooks_run_on_smoke(tmp_path, monkeypatch, cache_dir):
     monkeypatch.setenv("XLALIGN_CACHE", str(cache_dir))
-    monkeypatch.setenv("XLALIGN_FIGURES", str(tmp_path / "figures"))
     overrides = [f"run_root={tmp_path / 'runs'}"]
     profile = load_profile("smoke", overrides=overrides)
     run = reproduce(profile, overrides=overrides)
@@ -28,5 +27,5 @@ def test_all_notebooks_run_on_smoke(tmp_path, monkeypatch, cache_dir):
     table = (run.path / "tables" / "table06_08_batch_alignment.md").read_text(encoding="utf-8")
     assert re.search(r"\d+\.\d \[\d+\.\d–\d+\.\d\]", table)  # cells carry their 95% CI
     assert (run.path / "tables" / "calm_table01_03.csv").exists()
-    assert (tmp_path / "figures" / "ours_fig3_english_vs_rest.png").exists()
+    assert (run.path / "figures" / "ours_fig3_english_vs_rest.png").exists()
     assert os.listdir(run.path / "eval")
