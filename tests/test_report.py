@@ -256,3 +256,5 @@ def test_gallery_command_line(tmp_path, capsys):
     assert build.main(["--gallery", str(run.path), "--target", str(tmp_path / "g")]) == 0
     assert (tmp_path / "g" / "ours_fig3_english_vs_rest.svg").exists()
     assert "paper_fig7_size_vs_improvement.png" in capsys.readouterr().out
+    assert build.main(["--gallery", str(tmp_path / "none"), "--target", str(tmp_path / "g")]) == 1
+    assert "no ours_* figures" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -270,7 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gallery", metavar="RUN_DIR", required=True, help="e.g. runs/<id>")
     parser.add_argument("--target", default=str(GALLERY_DIR), help="default: the tracked figures/")
     args = parser.parse_args(argv)
-    for path in refresh_gallery(args.gallery, args.target):
+    try:
+        written = refresh_gallery(args.gallery, args.target)
+    except FileNotFoundError as err:
+        print(f"xlalign gallery: {err}", file=sys.stderr)
+        return 1
+    for path in written:
         print(path)
     return 0
 
