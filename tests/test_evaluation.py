@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from xlalign.evaluation.metrics import INVALID, validate_predictions
+from xlalign.evaluation.parse import parse_nomiracl
 from xlalign.evaluation.predictions import agreement, evaluate_probe, load_eval_model
 from xlalign.evaluation.scoring import (
     PRED_COLUMNS,
     SCORE_COLUMNS,
     answer_tokens,
     generate_prompts,
-    parse_nomiracl,
     score_prompts,
 )
 from xlalign.probe.build import ANSWER_ABSENT, ANSWER_PRESENT, INSTRUCTION_EN, render_prompt
@@ -392,3 +392,196 @@ def test_agreement_counts_only_valid_generations():
         agreement(scoring, generation.iloc[:3])
     none_valid = agreement(scoring, generation.assign(pred=INVALID))
     assert none_valid["n_agree"] == 0 and math.isnan(none_valid["agreement"])
+
+
+# --------------------------------------------------------------------------- kills and faults
+
+
+def assert_valid_jsonl(path: Path, n: int) -> None:
+    data = path.read_bytes()
+    assert data.endswith(b"\n")
+    ids = [json.loads(line)["item_id"] for line in data.decode("utf-8").splitlines()]
+    assert len(ids) == len(set(ids)) == n
+
+
+def test_read_predictions_drops_only_a_torn_last_line(tmp_path):
+    from xlalign.evaluation.predictions import read_predictions
+
+    out = tmp_path / "p.jsonl"
+    out.write_text('{"item_id": "a"}\n{"item_id": "b"}\n{"item_id": "c", "pr', encoding="utf-8")
+    with pytest.warns(RuntimeWarning, match="dropped 1 half-written last line"):
+        assert [r["item_id"] for r in read_predictions(out)] == ["a", "b"]
+    assert out.read_text(encoding="utf-8").endswith('"pr')  # reading alone changes nothing
+    with pytest.warns(RuntimeWarning, match="2 complete record"):
+        read_predictions(out, repair=True)
+    assert out.read_text(encoding="utf-8") == '{"item_id": "a"}\n{"item_id": "b"}\n'
+    # Not the last line: a corrupt file, not a torn write.
+    out.write_text('{"item_id": "a"}\n{"item_id": \n{"item_id": "c"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"p\.jsonl:2 is not a valid prediction record"):
+        read_predictions(out)
+    out.write_text("", encoding="utf-8")
+    assert read_predictions(out) == []
+
+
+def test_resume_after_a_kill_before_the_first_line(tiny, tmp_path):
+    model, tok = tiny
+    rows = make_rows(1)
+    out = tmp_path / "preds.jsonl"
+    out.touch()  # opened for appending, killed before the first batch was flushed
+    frame = evaluate_probe(model, tok, rows, out, batch_size=4, progress=False)
+    assert len(frame) == len(rows)
+    assert_valid_jsonl(out, len(rows))
+
+
+def test_a_half_written_last_line_is_dropped_with_a_warning(tiny, tmp_path):
+    model, tok = tiny
+    rows = make_rows(1)
+    fresh = evaluate_probe(model, tok, rows, tmp_path / "fresh.jsonl", progress=False)
+    out = tmp_path / "preds.jsonl"
+    evaluate_probe(model, tok, rows[:2], out, progress=False)
+    torn = json.dumps(read_jsonl(tmp_path / "fresh.jsonl")[3])[:40]
+    with out.open("a", encoding="utf-8") as fh:
+        fh.write(torn)
+    with pytest.warns(RuntimeWarning, match="dropped 1 half-written last line"):
+        frame = evaluate_probe(model, tok, rows, out, progress=False)
+    assert_valid_jsonl(out, len(rows))
+    assert list(frame["item_id"]) == list(fresh["item_id"])
+    assert list(frame["pred"]) == list(fresh["pred"])
+
+
+@pytest.fixture
+def eval_run(cache_dir, tmp_path):
+    from xlalign.config import ModelSection, Profile
+    from xlalign.runs import start_run
+
+    profile = Profile(
+        name="tiny",
+        cache_dir=str(cache_dir),
+        model=ModelSection(name="tiny-random", dtype="float32", prompt_format="plain"),
+    )
+    return profile, start_run(profile, tmp_path / "run", argv=[])
+
+
+@pytest.mark.parametrize("tail", ["", '{"item_id": "t0.q1.neg.ar", "sample_id": "t0'])
+def test_experiments_evaluate_resumes_a_killed_evaluation(tiny, eval_run, tail):
+    from xlalign import experiments
+
+    model, tok = tiny
+    profile, run = eval_run
+    rows = make_rows(1)
+    out = run.path / "eval" / "base" / "predictions.jsonl"
+    out.parent.mkdir(parents=True)
+    if tail:
+        evaluate_probe(model, tok, rows[:2], out, progress=False)
+    with out.open("a", encoding="utf-8") as fh:
+        fh.write(tail)  # "": killed before the first line; else killed mid-line
+    with pytest.warns(RuntimeWarning, match="dropped 1") if tail else _no_warning():
+        preds = experiments.evaluate(profile, run, "base", rows, model=model, tokenizer=tok)
+    assert list(preds["item_id"]) == [r["item_id"] for r in rows]
+    assert_valid_jsonl(out, len(rows))
+    # The finished file serves a later step that wants a subset of its items.
+    again = experiments.evaluate(profile, run, "base", rows[:3], model=None, tokenizer=None)
+    wanted = preds[preds["item_id"].isin([r["item_id"] for r in rows[:3]])]
+    by_id = ["item_id"]
+    pd.testing.assert_frame_equal(
+        again.sort_values(by_id).reset_index(drop=True),
+        wanted.sort_values(by_id).reset_index(drop=True),
+    )
+
+
+def _no_warning():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+KILL_SCRIPT = """
+import json, sys, time
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from xlalign.evaluation.predictions import evaluate_probe
+
+model_dir, rows_file, out = sys.argv[1:4]
+torch.set_num_threads(1)
+tok = AutoTokenizer.from_pretrained(model_dir)
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+model.register_forward_hook(lambda *args: time.sleep(0.3))  # slow enough to be killed mid-run
+rows = json.loads(open(rows_file, encoding="utf-8").read())
+evaluate_probe(model, tok, rows, out, batch_size=2, progress=False)
+"""
+
+
+def test_an_evaluation_killed_mid_run_resumes_to_the_uninterrupted_result(tiny, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model, tok = tiny
+    rows = make_rows(2)
+    fresh = evaluate_probe(model, tok, rows, tmp_path / "fresh.jsonl", batch_size=2, progress=False)
+    rows_file = tmp_path / "rows.json"
+    rows_file.write_text(json.dumps(rows), encoding="utf-8")
+    out = tmp_path / "killed.jsonl"
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(tok.name_or_path), str(rows_file), str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (out.exists() and b"\n" in out.read_bytes()):
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"the evaluation ended before it was killed: {proc.stderr.read()[-2000:]}"
+                )
+            if time.monotonic() > deadline:
+                pytest.fail("no prediction line within 240 s")
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    n_done = out.read_bytes().count(b"\n")
+    assert 1 <= n_done < len(rows)  # killed mid-run
+
+    resumed = evaluate_probe(model, tok, rows, out, batch_size=2, progress=False)
+    assert_valid_jsonl(out, len(rows))
+    assert list(resumed["item_id"]) == list(fresh["item_id"])
+    assert list(resumed["pred"]) == list(fresh["pred"])
+    for col in SCORE_COLUMNS:
+        assert resumed[col].to_numpy() == pytest.approx(fresh[col].to_numpy(), abs=1e-4)
+
+
+def test_nan_weights_are_an_error_not_an_answer(tiny, tmp_path):
+    import copy
+
+    from xlalign.evaluation.metrics import invalid_rate_by_language
+    from xlalign.evaluation.predictions import NumericalFaultError, read_predictions_frame
+
+    model, tok = tiny
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.model.layers[0].self_attn.q_proj.weight.fill_(float("nan"))
+    rows = make_rows(1)
+    out = tmp_path / "preds.jsonl"
+    n = len(rows)
+    with pytest.raises(NumericalFaultError, match=rf"{n} of {n} items .* in {out}"):
+        evaluate_probe(broken, tok, rows, out, batch_size=4, progress=False)
+    # Everything computed is on disk, marked Invalid -- never "I don't know" by a NaN comparison.
+    assert_valid_jsonl(out, n)
+    on_disk = read_predictions_frame(out)
+    assert (on_disk["pred"] == INVALID).all() and on_disk["invalid"].all()
+    assert not on_disk["correct"].any()
+    assert on_disk["fault"].str.startswith("nonfinite first-token log-probs").all()
+    assert on_disk["logp_first_present"].isna().all()
+    assert (invalid_rate_by_language(on_disk) == 100.0).all()
+    # A rerun does not launder the faults into answers.
+    with pytest.raises(NumericalFaultError):
+        evaluate_probe(broken, tok, rows, out, batch_size=4, progress=False)

@@ -168,6 +168,7 @@ def results_table(
     One block per evaluated variant (named as in the papers' tables where they have one), accuracy
     per language with bootstrap CIs, ACC_avg, Consistency_2 and AC3, and gains over ``base``.
     """
+    from xlalign.evaluation.predictions import read_predictions_frame
     from xlalign.report.tables import calm_table
 
     pred_dir = Path(calm_dir) / "predictions"
@@ -177,7 +178,7 @@ def results_table(
     order = [n for n in PAPER_BLOCKS if n in files] + [n for n in files if n not in PAPER_BLOCKS]
     frames, base = [], None
     for name in order:
-        preds = pd.read_json(files[name], lines=True, dtype={"sample_id": str, "label": str})
+        preds = read_predictions_frame(files[name], dtype={"sample_id": str, "label": str})
         tidy = calm_table(
             preds,
             "ours_calm_t01_03",

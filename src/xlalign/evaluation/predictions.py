@@ -1,6 +1,7 @@
 """Evaluate the probe and keep per-item predictions: JSONL written batch by batch, resumed after a kill.
 
-Also loads the model (base or adapter) an evaluation runs on, and compares scoring with generation.
+Every reader of a predictions file goes through ``read_predictions`` (a torn last line is dropped
+with a warning; anything else corrupt is an error). Also loads the model (base or adapter) an evaluation runs on, and compares scoring with generation.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,43 +21,88 @@ from xlalign.evaluation.scoring import (
     MODES,
     PRED_COLUMNS,
     SCORE_COLUMNS,
-    _batches,
-    encode,
     generate_prompts,
     score_prompts,
 )
+from xlalign.lm import batches, encode
 from xlalign.probe.build import render_prompt
 
 log = logging.getLogger(__name__)
 
-# --------------------------------------------------------------------------- probe evaluation
+# Share of items with a numerical fault (NaN/inf scores) above which ``evaluate_probe`` fails: a
+# model that returns NaN would otherwise read as a model that answers Invalid, and accuracy over
+# such a run means nothing.
+MAX_FAULT_SHARE = 0.01
 
 
-def _read_predictions(path: Path) -> list[dict]:
-    """Records already in ``path``, repairing the end of a file left by an interrupted write."""
-    if not path.exists():
-        return []
+class NumericalFaultError(RuntimeError):
+    """The model produced non-finite scores for more than ``MAX_FAULT_SHARE`` of the items."""
+
+
+# --------------------------------------------------------------------------- reading predictions
+
+
+def read_predictions(path: str | os.PathLike, repair: bool = False) -> list[dict]:
+    """The records of a JSONL predictions file, without a tail torn by a killed writer.
+
+    A kill can leave the file empty (no record yet) or its last line half-written. Such a last
+    line (no newline after it and not a JSON object) is dropped with a ``RuntimeWarning`` that
+    says how many lines and bytes went; a complete last record that only lost its newline is kept.
+    A line that is not valid JSON anywhere else is not a torn write: ValueError naming the file and
+    line. Blank lines are skipped. With ``repair`` the file itself is fixed for appending: the torn
+    tail truncated away, a missing final newline restored. A missing file is FileNotFoundError.
+    """
+    path = Path(path)
     data = path.read_bytes()
-    lines = data.split(b"\n")
-    records = []
+    lines = data.split(b"\n")  # the last element is what follows the last newline ("" if none)
+    records: list[dict] = []
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        last = lineno == len(lines)
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if lineno == len(lines):  # the last line, no newline after it: a torn write
-                log.warning("%s: dropping a partial last line left by an interrupted run", path)
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError(f"a JSON {type(rec).__name__}, not an object")
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if not last:
+                raise ValueError(
+                    f"{path}:{lineno} is not a valid prediction record ({exc}); it is not a torn "
+                    "write at the end of the file, so the file is corrupt: delete it to start over"
+                ) from exc
+            warnings.warn(
+                f"{path}: dropped 1 half-written last line ({len(line)} bytes) left by an "
+                f"interrupted write; {len(records)} complete record(s) kept",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            if repair:
                 with path.open("r+b") as fh:
                     fh.truncate(len(data) - len(line))
-                return records
-            raise ValueError(f"{path}:{lineno} is not valid JSON ({exc}); delete the file") from exc
-    if lines[-1].strip():
+            return records
+        records.append(rec)
+    if repair and lines[-1].strip():
         # A complete record that lost only its newline: restore it so the next append starts
         # on a line of its own.
         with path.open("ab") as fh:
             fh.write(b"\n")
     return records
+
+
+def predictions_frame(records: Sequence[dict]) -> pd.DataFrame:
+    """Probe prediction records as ``evaluate_probe`` returns them: columns ``PRED_COLUMNS``."""
+    frame = pd.DataFrame(list(records), columns=list(PRED_COLUMNS))
+    # Generation mode has no scores: None in the file, NaN (not object) in the frame.
+    return frame.astype({"correct": bool, "invalid": bool, **dict.fromkeys(SCORE_COLUMNS, float)})
+
+
+def read_predictions_frame(path: str | os.PathLike, dtype: dict | None = None) -> pd.DataFrame:
+    """``read_predictions(path)`` as a DataFrame (columns as in the file), ``dtype`` applied."""
+    frame = pd.DataFrame(read_predictions(path))
+    return frame.astype(dtype) if dtype and len(frame) else frame
+
+
+# --------------------------------------------------------------------------- probe evaluation
 
 
 def _check_resume(done: list[dict], by_id: dict[str, dict], mode: str, path: Path) -> None:
@@ -94,6 +141,7 @@ def _record(row: dict, out: dict, mode: str) -> dict:
         "raw": out.get("raw"),
         **{c: out.get(c) for c in SCORE_COLUMNS},
         "mode": mode,
+        "fault": out.get("fault"),
     }
 
 
@@ -114,8 +162,12 @@ def evaluate_probe(
     Prompts are rendered with ``probe.render_prompt`` -- the text training used. Predictions are
     appended to ``out_path`` (JSONL) and flushed after every batch; items already there are
     skipped, so a rerun resumes. The file must hold a subset of ``rows`` scored in the same
-    ``mode``, otherwise ValueError. Items are batched longest first to limit padding, and the
-    returned frame (old + new items) follows the order of ``rows``.
+    ``mode``, otherwise ValueError; a tail torn by a kill is dropped and cut from the file
+    (``read_predictions``). Items are batched longest first to limit padding, and the returned
+    frame (old + new items) follows the order of ``rows``.
+
+    Items whose scores are NaN or infinite are Invalid with a ``fault``; when they are more than
+    ``MAX_FAULT_SHARE`` of the items, NumericalFaultError (after the file is written).
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}; choose one of {', '.join(MODES)}")
@@ -130,7 +182,7 @@ def evaluate_probe(
             raise ValueError(f"item_id {r['item_id']!r} occurs more than once in rows")
         by_id[r["item_id"]] = r
     path = Path(out_path)
-    done = _read_predictions(path)
+    done = read_predictions(path, repair=True) if path.exists() else []
     _check_resume(done, by_id, mode, path)
     done_ids = {r["item_id"] for r in done}
     pending = [r for r in rows if r["item_id"] not in done_ids]
@@ -148,7 +200,7 @@ def evaluate_probe(
             total=len(rows), initial=len(done), disable=not progress, desc=mode, unit="item"
         ) as bar,
     ):
-        for batch in _batches(pending, batch_size):
+        for batch in batches(pending, batch_size):
             prompts = [rendered[r["item_id"]] for r in batch]
             if mode == "scoring":
                 outs = score_prompts(model, tokenizer, prompts, batch_size=len(batch))
@@ -164,10 +216,20 @@ def evaluate_probe(
             bar.update(len(batch))
 
     order = {item_id: i for i, item_id in enumerate(by_id)}
-    frame = pd.DataFrame(done + new, columns=list(PRED_COLUMNS))
+    frame = predictions_frame(done + new)
     frame = frame.sort_values("item_id", key=lambda s: s.map(order)).reset_index(drop=True)
-    # Generation mode has no scores: None in the file, NaN (not object) in the frame.
-    return frame.astype({"correct": bool, "invalid": bool, **dict.fromkeys(SCORE_COLUMNS, float)})
+    faults = int(frame["fault"].notna().sum())
+    if faults > MAX_FAULT_SHARE * len(frame):
+        raise NumericalFaultError(
+            f"{faults} of {len(frame)} items ({faults / len(frame):.1%}) in {path} have no usable "
+            f"scores ({frame['fault'].dropna().iloc[0]}): the model's outputs are NaN or "
+            f"infinite, which no accuracy can be computed from (more than MAX_FAULT_SHARE = "
+            f"{MAX_FAULT_SHARE:.0%}). Their predictions are in the file, marked Invalid with a "
+            "'fault'; check the weights and dtype, then delete the file to evaluate again"
+        )
+    if faults:
+        log.warning("%s: %d of %d items have non-finite scores (Invalid)", path, faults, len(frame))
+    return frame
 
 
 def load_eval_model(profile, adapter_dir: str | os.PathLike | None = None):

@@ -1,22 +1,23 @@
 """Probe answers without generation: first-token log-probs of both answers from one cached forward.
 
-Also the NoMIRACL-compatible parser and greedy generation for the probe's generation mode.
+Also greedy generation + NoMIRACL parsing for the probe's generation mode (``generate_prompts``).
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
+import math
+from collections.abc import Sequence
 
 import torch
 
+from xlalign.evaluation.parse import INVALID, parse_nomiracl
+from xlalign.generation import greedy_generate
+from xlalign.lm import batches, encode, eval_mode, input_device, left_pad, pad_id, positions
 from xlalign.probe.build import ANSWER_ABSENT, ANSWER_PRESENT
 
 log = logging.getLogger(__name__)
 
-INVALID = "Invalid"
 MODES = ("scoring", "generation")
 SCORE_COLUMNS = (
     "logp_first_present",
@@ -36,81 +37,14 @@ PRED_COLUMNS = (
     "raw",
     *SCORE_COLUMNS,
     "mode",
+    "fault",
 )
-
-# NoMIRACL's VanillaTemplate(count=10) builds f"\[(\d+|{max_count})\]"; spelled out here.
-_REFERENCE_RE = re.compile(r"\[(\d+|10)\]")
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-def parse_nomiracl(text) -> str:
-    """Map a model output to ANSWER_PRESENT, ANSWER_ABSENT or "Invalid", as NoMIRACL does.
-
-    Mirrors ``nomiracl.prompts.template.VanillaTemplate().postprocess`` (nomiracl 1.0.0) branch for
-    branch: newlines and tabs become spaces, the text is lower-cased (``str.lower``, not casefold),
-    then
-
-    1. both phrases present -> Invalid;
-    2. "i don't know" present -> ANSWER_ABSENT;
-    3. "yes, answer is present" present -> ANSWER_PRESENT;
-    4. "answer is present" -> ANSWER_PRESENT, then "answer is not present" -> ANSWER_ABSENT;
-    5. a "[n]" reference in a response shorter than 10 characters -> ANSWER_PRESENT;
-    6. anything else (including "") -> Invalid.
-
-    Nothing is stripped and "\\r" is kept, exactly as in the reference; a curly apostrophe
-    ("I don’t know") is therefore Invalid there and here.
-
-    Where we deliberately differ:
-
-    * Both phrases present. The reference tests ``count_word(response, answer) > 1``, but
-      ``count_word`` compares whitespace-split single words with the multi-word phrase, so it is
-      always 0 and the branch always ends in Invalid. We return Invalid directly instead of
-      "taking the phrase that occurs first": with a 12-token budget both phrases appear almost only
-      when the model echoes the instruction's '"Yes, answer is present" or "I don't know"', and the
-      first-phrase rule would score every such echo as "present" -- a free 50% on a balanced test
-      set for a model that did not answer. Same result as the reference, without its dead code.
-    * Input that is not ``str``. The reference raises (``None`` has no ``.replace``; ``bytes``
-      gets a TypeError); we decode ``bytes`` as UTF-8 with replacement characters and map any
-      other non-string (e.g. ``None`` from a failed generation) to Invalid, so one bad output
-      cannot abort a long evaluation.
-    """
-    if isinstance(text, bytes | bytearray):
-        text = bytes(text).decode("utf-8", errors="replace")
-    if not isinstance(text, str):
-        return INVALID
-    response = text.replace("\n", " ").replace("\t", " ").lower()
-    has_present = ANSWER_PRESENT.lower() in response
-    has_absent = ANSWER_ABSENT.lower() in response
-    if has_present and has_absent:
-        return INVALID
-    if has_absent:
-        return ANSWER_ABSENT
-    if has_present:
-        return ANSWER_PRESENT
-    if "answer is present" in response:
-        return ANSWER_PRESENT
-    if "answer is not present" in response:
-        return ANSWER_ABSENT
-    if _REFERENCE_RE.search(response) and len(response) < 10:
-        return ANSWER_PRESENT
-    return INVALID
+# ``fault`` of an item whose first-token log-probs are NaN or infinite: a numerical failure of the
+# model, not an answer. The item is Invalid (never "I don't know" by a NaN comparison).
+NONFINITE = "nonfinite first-token log-probs"
 
 
 # --------------------------------------------------------------------------- tokenization
-
-
-def encode(tokenizer, text: str) -> list[int]:
-    """Token ids of a rendered prompt (or prompt + answer) as the model sees them.
-
-    Chat templates write the BOS token into the text themselves; adding it again would give the
-    model a double BOS it was not trained with (TRL's ORPO adds BOS only "if needed" for the same
-    reason). Plain prompts get the tokenizer's usual special tokens, e.g. Gemma's <bos>.
-    """
-    bos = tokenizer.bos_token
-    add_special = not (bos and text.startswith(bos))
-    return tokenizer(text, add_special_tokens=add_special)["input_ids"]
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -148,52 +82,6 @@ def answer_tokens(tokenizer, rendered_prompt: str) -> tuple[list[int], list[int]
     return full_present[:n], present, absent
 
 
-# --------------------------------------------------------------------------- model helpers
-
-
-@contextmanager
-def _eval_mode(model):
-    """Dropout off for the duration (evaluation may run mid-training); restores the old mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def _input_device(model) -> torch.device:
-    device = getattr(model, "device", None)
-    return device if isinstance(device, torch.device) else next(model.parameters()).device
-
-
-def _pad_id(tokenizer) -> int:
-    # The pad id only fills masked positions, so any valid id works when the tokenizer has none.
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0
-
-
-def _left_pad(
-    seqs: Sequence[Sequence[int]], pad_id: int, device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
-    if size < 1:
-        raise ValueError(f"batch_size={size} must be >= 1")
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 # --------------------------------------------------------------------------- scoring mode
 
 
@@ -210,28 +98,28 @@ def score_prompts(
 
     Returns per prompt: ``pred`` (the answer with the larger first-token log-prob; a tie goes to
     ANSWER_ABSENT), ``logp_first_present``/``logp_first_absent`` and ``logp_full_present``/
-    ``logp_full_absent`` (sum of token log-probs of the whole answer string, without EOS).
+    ``logp_full_absent`` (sum of token log-probs of the whole answer string, without EOS). Where
+    a first-token log-prob is NaN or infinite, ``pred`` is Invalid, ``fault`` says why and the
+    non-finite scores are None.
     """
-    pad_id = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     results: list[dict] = []
-    with _eval_mode(model):
-        for batch in _batches(list(rendered_prompts), batch_size):
+    with eval_mode(model):
+        for batch in batches(list(rendered_prompts), batch_size):
             splits = [answer_tokens(tokenizer, p) for p in batch]
-            results.extend(_score_batch(model, splits, pad_id))
+            results.extend(_score_batch(model, splits, pad))
     return results
 
 
 def _score_batch(
     model, splits: list[tuple[list[int], list[int], list[int]]], pad_id: int
 ) -> list[dict]:
-    device = _input_device(model)
-    ids, mask = _left_pad([ctx for ctx, _, _ in splits], pad_id, device)
-    # Left padding shifts every real token; positions must count real tokens only.
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    device = input_device(model)
+    ids, mask = left_pad([ctx for ctx, _, _ in splits], pad_id, device)
     out = model(
         input_ids=ids,
         attention_mask=mask,
-        position_ids=positions,
+        position_ids=positions(mask),
         use_cache=True,
         logits_to_keep=1,
     )
@@ -277,6 +165,20 @@ def _score_batch(
 
     results = []
     for (fp, fa), (up, ua) in zip(first_lp.tolist(), full_lp.tolist(), strict=True):
+        if not (math.isfinite(fp) and math.isfinite(fa)):
+            # NaN > x is False: without this a broken model would answer "I don't know" everywhere.
+            # Non-finite values are kept out of the file (null; strict JSON has no NaN).
+            results.append(
+                {
+                    "pred": INVALID,
+                    "fault": f"{NONFINITE} ({fp}, {fa})",
+                    **{
+                        c: _finite_or_none(v)
+                        for c, v in zip(SCORE_COLUMNS, (fp, fa, up, ua), strict=True)
+                    },
+                }
+            )
+            continue
         results.append(
             {
                 "pred": ANSWER_PRESENT if fp > fa else ANSWER_ABSENT,
@@ -289,27 +191,13 @@ def _score_batch(
     return results
 
 
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
 # --------------------------------------------------------------------------- generation mode
 
 
-def _stop_ids(model, tokenizer) -> set[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), tokenizer):
-        eos = getattr(source, "eos_token_id", None)
-        if eos is not None:
-            ids.update(eos if isinstance(eos, list | tuple) else [eos])
-    return {int(i) for i in ids}
-
-
-def _decode_new(tokenizer, new_ids: list[int], stop: set[int]) -> str:
-    cut = next((i for i, t in enumerate(new_ids) if t in stop), len(new_ids))
-    text = tokenizer.decode(new_ids[:cut], skip_special_tokens=True)
-    # A token cut mid-character decodes to U+FFFD already; lone surrogates would still break the
-    # UTF-8 JSONL writer, so round-trip through UTF-8 with replacement.
-    return text.encode("utf-8", errors="replace").decode("utf-8")
-
-
-@torch.inference_mode()
 def generate_prompts(
     model,
     tokenizer,
@@ -320,24 +208,12 @@ def generate_prompts(
 ) -> list[dict]:
     """Greedy decoding of each prompt; returns ``raw`` (new text only) and ``pred`` (parsed).
 
-    Prompts are tokenized exactly as in scoring mode and left-padded. Text stops at the first EOS;
-    an empty output parses as Invalid. ``generation_kwargs`` go to ``model.generate`` (e.g. a
-    ``logits_processor``); they cannot switch sampling back on.
+    ``generation.greedy_generate`` does the decoding: prompts are tokenized exactly as in scoring
+    mode and left-padded, and text stops at the first EOS; an empty output parses as Invalid.
+    ``generation_kwargs`` go to ``model.generate`` (e.g. a ``logits_processor``); they cannot switch
+    sampling back on.
     """
-    pad_id = _pad_id(tokenizer)
-    stop = _stop_ids(model, tokenizer)
-    kwargs = dict(generation_kwargs or {})
-    kwargs.update(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id)
-    # Greedy decoding ignores these; unsetting them keeps transformers from warning per batch.
-    kwargs.update(temperature=None, top_p=None, top_k=None)
-    results: list[dict] = []
-    with _eval_mode(model):
-        for batch in _batches(list(rendered_prompts), batch_size):
-            ids, mask = _left_pad(
-                [encode(tokenizer, p) for p in batch], pad_id, _input_device(model)
-            )
-            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-            for row in out[:, ids.shape[1] :].tolist():
-                raw = _decode_new(tokenizer, row, stop)
-                results.append({"raw": raw, "pred": parse_nomiracl(raw)})
-    return results
+    texts = greedy_generate(
+        model, tokenizer, rendered_prompts, max_new_tokens, batch_size, generation_kwargs
+    )
+    return [{"raw": raw, "pred": parse_nomiracl(raw)} for raw in texts]
