@@ -3,8 +3,10 @@
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
+from golden_digest import digest
 
 from xlalign.config import load_profile
 from xlalign.pipeline import notebooks, reproduce
@@ -29,3 +31,15 @@ def test_all_notebooks_run_on_smoke(tmp_path, monkeypatch, cache_dir):
     assert (run.path / "tables" / "calm_table01_03.csv").exists()
     assert (run.path / "figures" / "ours_fig3_english_vs_rest.png").exists()
     assert os.listdir(run.path / "eval")
+    # Golden check: moving code must not move results (tests/golden_digest.py says how to refresh it).
+    golden = json.loads(
+        (Path(__file__).parent / "golden" / "smoke.json").read_text(encoding="utf-8")
+    )
+    got = digest(run.path)
+    changed = [k for k in golden if got.get(k) != golden[k]]
+    detail = {
+        k: sorted(set(golden[k]) ^ set(got.get(k, {})))
+        for k in changed
+        if isinstance(golden[k], dict)
+    }
+    assert got == golden, f"smoke results changed in {changed}: {detail}"
