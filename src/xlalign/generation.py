@@ -19,7 +19,7 @@ from xlalign.lm import (
     input_device,
     left_pad,
     pad_id,
-    positions,
+    prefill,
     stop_ids,
 )
 
@@ -186,22 +186,15 @@ def sample_shared_prefill(
     with eval_mode(model):
         for b, batch in enumerate(batches(list(prompts), batch_size)):
             gen = torch.Generator(device=device).manual_seed(_batch_seed(seed, b))
-            ids, mask = left_pad([encode(tokenizer, p) for p in batch], pad, device)
-            prefill = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions(mask),
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            first, mask = prefill(model, [encode(tokenizer, p) for p in batch], pad, device)
             stats.prefill_calls += 1
             stats.prefill_rows += len(batch)
             stats.prompt_tokens += int(mask.sum().item())
-            cache = prefill.past_key_values
+            cache = first.past_key_values
             if cache is None or not hasattr(cache, "batch_repeat_interleave"):
                 raise TypeError(f"{type(model).__name__} returned no expandable KV cache")
             cache.batch_repeat_interleave(m)
-            logits = prefill.logits[:, -1].float().repeat_interleave(m, dim=0)
+            logits = first.logits[:, -1].float().repeat_interleave(m, dim=0)
             mask = mask.repeat_interleave(m, dim=0)
             next_pos = mask.sum(-1, keepdim=True)
             done = torch.zeros(len(batch) * m, dtype=torch.bool, device=device)

@@ -56,6 +56,24 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def prefill(model, rows: Sequence[Sequence[int]], pad: int, device):
+    """Encode left-padded token rows once, keeping the KV cache and the last position's logits only.
+
+    Returns ``(output, mask)``: ``output.logits[:, -1]`` predicts each row's next token and
+    ``output.past_key_values`` continues every row (scoring, sampling, shared-prompt training).
+    Gradients flow when called outside ``torch.no_grad``.
+    """
+    ids, mask = left_pad(rows, pad, device)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions(mask),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out, mask
+
+
 def stop_ids(model, tokenizer) -> set[int]:
     """Every EOS id of the model's generation config and of the tokenizer."""
     ids: set[int] = set()

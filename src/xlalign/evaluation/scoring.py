@@ -13,7 +13,7 @@ import torch
 
 from xlalign.evaluation.parse import INVALID, parse_nomiracl
 from xlalign.generation import greedy_generate
-from xlalign.lm import batches, encode, eval_mode, input_device, left_pad, pad_id, positions
+from xlalign.lm import batches, encode, eval_mode, input_device, pad_id, prefill
 from xlalign.probe.build import ANSWER_ABSENT, ANSWER_PRESENT
 
 log = logging.getLogger(__name__)
@@ -115,14 +115,7 @@ def _score_batch(
     model, splits: list[tuple[list[int], list[int], list[int]]], pad_id: int
 ) -> list[dict]:
     device = input_device(model)
-    ids, mask = left_pad([ctx for ctx, _, _ in splits], pad_id, device)
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions(mask),
-        use_cache=True,
-        logits_to_keep=1,
-    )
+    out, mask = prefill(model, [ctx for ctx, _, _ in splits], pad_id, device)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
     first_ids = torch.tensor([[p[0], a[0]] for _, p, a in splits], device=first.device)
     first_lp = first.gather(1, first_ids)  # (B, 2): present, absent

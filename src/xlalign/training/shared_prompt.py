@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from xlalign.lm import left_pad, positions
+from xlalign.lm import prefill
 
 
 def shared_prompt_logits(
@@ -42,14 +42,7 @@ def shared_prompt_logits(
         raise ValueError("every prompt and every completion needs at least one token")
     n = len(completions) // n_prompts
     device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, pad_id, device)
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions(mask),
-        use_cache=True,
-        logits_to_keep=1,
-    )
+    out, mask = prefill(model, prompts, pad_id, device)
     last = out.logits[:, -1]  # (B, V): predicts each completion's first token
 
     # Row order for the continuation pass: interleaved (prompt b, branch k) -> b*n + k, which lines up

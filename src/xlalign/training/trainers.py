@@ -19,6 +19,7 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO lives in trl.experimental in TRL 1.16
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
 
+from xlalign.lm import positions  # noqa: E402
 from xlalign.training.sampling import (  # noqa: E402
     BATCHINGS,
     META_KEYS,
@@ -367,7 +368,7 @@ class AlignedORPOTrainer(GroupedTrainingMixin, ORPOTrainer):
         ids_l, mask_l, labels_l = _to_left_padding(ids, mask, labels)
         comp = (labels_l != -100).sum(-1)
         keep = int(comp.max().item()) + 1
-        pos = (mask_l.cumsum(-1) - 1).clamp(min=0)
+        pos = positions(mask_l)
         if self.args.nll_scope == "full":
             # Chosen rows need logits everywhere for the prompt+response NLL (stock behaviour).
             out_c = model(ids[:n_chosen], attention_mask=mask[:n_chosen], use_cache=False)
