@@ -326,25 +326,18 @@ def ablation_batch_size(profile: Profile, run: Run, data: ProbeData) -> dict:
         default, "ours_t12_13", results.block(method, "uncoupled"), name, langs, profile
     )
     table = pd.concat(cells + [default_tidy], ignore_index=True)
-    # Figure 6 layout: one block per method, bs_N columns = Rest (avg.) at batch size N, rest_avg = default.
-    rest = {
-        c["batch_size"].iloc[0]: float(c.loc[c["column"] == "rest_avg", "value"].iloc[0])
-        for c in cells
-    }
+
+    # Figure 6 layout: one block per method, bs_N columns = Rest (avg.) at batch size N with its 95% CI,
+    # rest_avg = the uncoupled default's.
+    def rest_avg(tidy: pd.DataFrame, column: str) -> dict:
+        row = tidy.loc[tidy["column"] == "rest_avg"].iloc[0]
+        cell = {k: float(row[k]) for k in ("value", "ci_low", "ci_high")}
+        return {"table": "ours_t12_13", "block": method, "model": name, "column": column} | cell
+
     fig_rows = [
-        {"table": "ours_t12_13", "block": method, "model": name, "column": f"bs_{b}", "value": v}
-        for b, v in rest.items()
-        if b >= 2
+        rest_avg(c, f"bs_{c['batch_size'].iloc[0]}") for c in cells if c["batch_size"].iloc[0] >= 2
     ]
-    fig_rows.append(
-        {
-            "table": "ours_t12_13",
-            "block": method,
-            "model": name,
-            "column": "rest_avg",
-            "value": float(default_tidy.loc[default_tidy["column"] == "rest_avg", "value"].iloc[0]),
-        }
-    )
+    fig_rows.append(rest_avg(default_tidy, "rest_avg"))
     return {
         "table": table,
         "figure_data": pd.DataFrame(fig_rows),
