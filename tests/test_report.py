@@ -258,3 +258,41 @@ def test_gallery_command_line(tmp_path, capsys):
     assert "paper_fig7_size_vs_improvement.png" in capsys.readouterr().out
     assert build.main(["--gallery", str(tmp_path / "none"), "--target", str(tmp_path / "g")]) == 1
     assert "no ours_* figures" in capsys.readouterr().err
+
+
+def test_report_flags_an_evaluation_that_gives_one_answer_everywhere(tmp_path):
+    """A model answering "I don't know" to every item is a finding, listed as such; a model whose
+    answers vary is not, and each evaluation's margin AUROC is shown."""
+    import json
+    from types import SimpleNamespace
+
+    from xlalign.probe.build import ANSWER_ABSENT, ANSWER_PRESENT
+    from xlalign.report.build import evaluation_findings
+
+    def write(label: str, preds: list[str]):
+        out = tmp_path / "eval" / label
+        out.mkdir(parents=True)
+        rows = []
+        for i, pred in enumerate(preds):
+            gold = ANSWER_PRESENT if i % 2 else ANSWER_ABSENT
+            rows.append(
+                {
+                    "item_id": f"s{i}.en",
+                    "sample_id": f"s{i}",
+                    "lang": "en",
+                    "label": gold,
+                    "pred": pred,
+                    "correct": pred == gold,
+                    "logp_first_present": float(i % 2),
+                    "logp_first_absent": 0.5,
+                }  # fmt: skip
+            )
+        (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write("constant", [ANSWER_ABSENT] * 20)
+    write("varied", [ANSWER_PRESENT if i % 2 else ANSWER_ABSENT for i in range(20)])
+    lines = "\n".join(evaluation_findings(SimpleNamespace(path=tmp_path)))
+    finding = next(x for x in lines.splitlines() if x.startswith("**Finding"))
+    assert "constant" in finding and "varied" not in finding
+    assert "| constant | 20 | I don't know | 100% | 1.00 [1.00–1.00] |" in lines
+    assert "| varied | 20 |" in lines

@@ -150,6 +150,7 @@ def build_report(run: Run) -> Path:
         left = _figure_cell(figure_dir / f"paper_{stem}.png", "paper", run)
         right = _figure_cell(figure_dir / f"ours_{stem}.png", "ours", run)
         lines += [f"### {title}", "", "| paper | ours |", "|---|---|", f"| {left} | {right} |", ""]
+    lines += evaluation_findings(run)
     lines += ["## Tables (ours, with 95% bootstrap CIs)", ""]
     table_dir = run.path / "tables"
     for md in sorted(table_dir.glob("*.md")):
@@ -162,6 +163,57 @@ def build_report(run: Run) -> Path:
     out = run.path / "report.md"
     out.write_text("\n".join(lines))
     return out
+
+
+def evaluation_findings(run: Run, threshold: float = 0.95) -> list[str]:
+    """Report lines: per evaluation of the run, its answer skew and first-token-margin AUROC (95% CI).
+
+    An evaluation whose model gives one answer to at least ``threshold`` of its items is listed as a
+    finding: its accuracy measures the label balance of the items, not what the model learned.
+    """
+    from xlalign.evaluation.decisions import answer_skew, auroc_by_language
+    from xlalign.evaluation.predictions import read_predictions_frame
+
+    rows, constant = [], []
+    for path in sorted((run.path / "eval").glob("*/predictions.jsonl")):
+        preds = read_predictions_frame(path)
+        if preds.empty:
+            continue
+        skew = answer_skew(preds, threshold=threshold)
+        pooled = skew[skew["lang"] == "all"].iloc[0]
+        auroc = "n/a"
+        if {"logp_first_present", "logp_first_absent"} <= set(preds.columns):
+            a = auroc_by_language(preds, n_resamples=200, seed=0)
+            a = a[a["lang"] == "all"].iloc[0]
+            auroc = f"{a['auroc']:.2f} [{a['ci_low']:.2f}–{a['ci_high']:.2f}]"
+        name = path.parent.name
+        rows.append(
+            f"| {name} | {len(preds)} | {pooled['top_answer']} | {100 * pooled['share']:.0f}% | {auroc} |"
+        )
+        if pooled["constant"]:
+            constant.append(name)
+    if not rows:
+        return []
+    lines = [
+        "## What each evaluation's model answered",
+        "",
+        "Share of the most frequent answer, and the AUROC of the first-token margin (log p(present) − "
+        "log p(absent)) against the label, pooled over languages, 95% bootstrap CI. An AUROC near 0.5 "
+        "means the model's scores do not separate the labels, whatever its accuracy.",
+        "",
+        "| evaluation | items | most frequent answer | share | margin AUROC |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    if constant:
+        lines += [
+            f"**Finding, not a result:** {', '.join(constant)} gave one answer to at least "
+            f"{100 * threshold:.0f}% of the items. Their accuracies in the tables below only restate "
+            "the label balance of the test items.",
+            "",
+        ]
+    return lines
 
 
 # Our table stem -> (the published tables it reproduces, the columns compared side by side).
