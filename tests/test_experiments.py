@@ -6,6 +6,7 @@ import json
 
 from xlalign import experiments
 from xlalign.config import load_profile
+from xlalign.experiments import ablations
 from xlalign.probe.dataset import build_probe_data
 from xlalign.runs import start_run
 from xlalign.training.run import TrainResult, training_signature
@@ -40,7 +41,7 @@ def test_identical_configuration_is_trained_once(tmp_path):
     )
     info = _finished(run, "orpo-aligned", nb03)
     # ... is the batch-size ablation's largest batch.
-    ablation = experiments._ablation_profile(profile, ["batch_size_3"])
+    ablation = ablations._ablation_profile(profile, ["batch_size_3"])
     assert experiments.same_training(run, ablation) == run.path / "train" / "orpo-aligned"
     got = experiments.train(
         ablation, run, "ablation-bs3", data=None

@@ -1,0 +1,80 @@
+"""Notebook 06 (batch-alignment paper §5.3-5.4): unseen languages and out-of-domain benchmarks for
+the base model and notebook 03's aligned adapter.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+
+import pandas as pd
+
+from xlalign import results
+from xlalign.config import Profile
+from xlalign.experiments.steps import compare, eval_subset, evaluate, prepare_data, probe_tidy
+from xlalign.runs import Run
+
+
+def unseen_languages(profile: Profile, run: Run) -> dict:
+    """Baseline vs the aligned adapter of ``experiments.ablation_method`` from notebook 03, on th/vi/hu/ro."""
+    method = "orpo" if "orpo" in profile.experiments.methods else profile.experiments.methods[0]
+    label = results.arm(method, "aligned")
+    info_path = run.path / "train" / label / "train_result.json"
+    if not info_path.exists():
+        raise FileNotFoundError(f"{info_path} missing: run notebook 03 in this run directory first")
+    info = json.loads(info_path.read_text())
+    data = prepare_data(profile, run)
+    langs = ["en"] + profile.data.unseen_langs
+    rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
+    name = profile.model.name
+    base = evaluate(profile, run, results.baseline(name), rows)  # reuses notebook 02's predictions
+    ours = evaluate(profile, run, results.unseen(method), rows, adapter_dir=info["adapter_dir"])
+    base_t = probe_tidy(base, "ours_t07", "baseline", name, langs, profile)
+    table = pd.concat(
+        [
+            base_t,
+            probe_tidy(
+                ours,
+                "ours_t07",
+                results.block(method, "aligned"),
+                name,
+                langs,
+                profile,
+                baseline=base_t,
+            ),  # fmt: skip
+        ],
+        ignore_index=True,
+    )
+    return {"table": table, "mcnemar": compare(base, ours, profile.eval.alpha)}
+
+
+def out_of_domain(profile: Profile, run: Run) -> pd.DataFrame:
+    """lm-eval benchmarks for the base model and the aligned adapter (local tasks off the paper profile)."""
+    from xlalign.evaluation import benchmarks
+    from xlalign.evaluation.predictions import load_eval_model
+
+    method = "orpo" if "orpo" in profile.experiments.methods else profile.experiments.methods[0]
+    adapter = run.path / "train" / results.arm(method, "aligned") / "adapter"
+    if profile.experiments.benchmarks:
+        tasks, include = list(profile.experiments.benchmarks), None
+    else:
+        tasks = benchmarks.paper_task_names(
+            list(benchmarks.LOCAL_TASKS), ["en", "es"], registry=benchmarks.LOCAL_TASKS
+        )
+        include = str(benchmarks.LOCAL_TASKS_DIR)
+    limit = profile.experiments.benchmark_limit or None
+    frames = []
+    for label, adapter_dir in (
+        ("baseline", None),
+        (results.block(method, "aligned"), adapter if adapter.exists() else None),
+    ):
+        if label != "baseline" and adapter_dir is None:
+            continue
+        model, tok = load_eval_model(profile, adapter_dir)
+        res = benchmarks.run_benchmarks(
+            model, tok, tasks, limit=limit, include_path=include, seed=profile.seed
+        )
+        frames.append(pd.DataFrame(res["rows"]).assign(block=label))
+        del model
+        gc.collect()
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,228 @@
+"""The steps every experiment is built from: the run's profile and data, train (or reuse), evaluate,
+compare and tabulate; each writes into the run directory and is skipped when already done.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from xlalign.config import Profile, derive, load_profile
+from xlalign.evaluation import stats
+from xlalign.probe.dataset import ProbeData, build_probe_data, save_probe_data
+from xlalign.report import tables
+from xlalign.results import Evaluation, TrainedArm
+from xlalign.runs import Run
+from xlalign.training.run import TrainResult
+
+
+def profile_for(profile: Profile, overlays: list[str] = (), **train) -> Profile:
+    """The run's profile with ablation overlays and ``train`` fields applied (validated again)."""
+    return derive(profile, overlays, {f"train.{k}": v for k, v in train.items()})
+
+
+def prepare_data(profile: Profile, run: Run, tokenizer=None) -> ProbeData:
+    """Build and save the probe datasets once per run (notebook 01); later calls reload the report."""
+    out = run.path / "data"
+    data = build_probe_data(profile, tokenizer)
+    if not (out / "data_report.json").exists():
+        save_probe_data(data, out)
+    return data
+
+
+def eval_subset(rows: list[dict], langs: list[str], max_per_lang: int, seed: int) -> list[dict]:
+    """Test rows for ``langs``; with ``max_per_lang``, a seeded label-balanced subset of samples that is
+    the same in every language (paired comparisons need identical items)."""
+    rows = [r for r in rows if r["lang"] in langs]
+    if not max_per_lang:
+        return rows
+    by_label: dict[str, list[str]] = {}
+    for sid, label in sorted({(r["sample_id"], r["label"]) for r in rows}):
+        by_label.setdefault(label, []).append(sid)
+    rng = np.random.default_rng(seed)
+    keep = set()
+    per_label = max(1, max_per_lang // len(by_label))
+    for _label, sids in sorted(by_label.items()):
+        idx = rng.permutation(len(sids))[:per_label]
+        keep |= {sids[i] for i in idx}
+    return [r for r in rows if r["sample_id"] in keep]
+
+
+def evaluate(
+    profile: Profile,
+    run: Run,
+    label: str,
+    rows: list[dict],
+    adapter_dir=None,
+    model=None,
+    tokenizer=None,
+) -> pd.DataFrame:
+    """Evaluate base or adapter model on ``rows``; predictions go to ``eval/<label>/predictions.jsonl``."""
+    from xlalign.evaluation.predictions import (
+        evaluate_probe,
+        load_eval_model,
+        predictions_frame,
+        read_predictions,
+    )
+
+    out = run.sub("eval", label) / "predictions.jsonl"
+    wanted = {r["item_id"] for r in rows}
+    if out.exists():
+        done = read_predictions(out, repair=True)  # a torn tail is cut here, evaluate_probe resumes
+        if done and wanted <= {r["item_id"] for r in done}:
+            # An earlier step evaluated a superset of these items (e.g. more languages): reuse it.
+            done = predictions_frame(done)
+            return done[done["item_id"].isin(wanted)].reset_index(drop=True)
+    t0 = time.perf_counter()
+    if model is None:
+        model, tokenizer = load_eval_model(profile, adapter_dir)
+    df = evaluate_probe(
+        model,
+        tokenizer,
+        rows,
+        out,
+        mode=profile.eval.mode,
+        prompt_format=profile.model.prompt_format,
+        batch_size=profile.eval.batch_size,
+        max_new_tokens=profile.eval.max_new_tokens,
+    )
+    from xlalign.models import resolved_commit
+
+    run.step(
+        f"eval/{label}",
+        wall_time_s=round(time.perf_counter() - t0, 1),
+        items=len(df),
+        model_commit=resolved_commit(model),  # the hub commit; None for local and PyPI models
+    )
+    return df
+
+
+def same_training(run: Run, profile: Profile) -> Path | None:
+    """A finished training directory of this run whose configuration equals ``profile``'s, if any.
+
+    The ablations share runs with notebook 03: aligned ORPO at batch size 7 *is* notebook 03's aligned
+    ORPO run when the step budgets agree, so it is trained once."""
+    from xlalign.training.run import training_signature
+
+    want = json.loads(json.dumps(training_signature(profile, profile.train.method)))
+    for cfg in sorted((run.path / "train").glob("*/xlalign_train_config.json")):
+        if (cfg.parent / "train_result.json").exists() and json.loads(cfg.read_text()) == want:
+            return cfg.parent
+    return None
+
+
+def adapter_label(info: TrainResult) -> str:
+    """The evaluation label of an adapter: its training directory's name (shared runs share predictions)."""
+    return Path(info.output_dir).name
+
+
+def train(profile: Profile, run: Run, label: str, data: ProbeData) -> TrainResult:
+    """Train one adapter into ``train/<label>``; a finished run is reused, an interrupted one resumes,
+    and a finished run of the same configuration under another label is used instead of retraining."""
+    from xlalign.training.run import train_preference
+
+    out = run.path / "train" / label
+    done = out / "train_result.json"
+    if done.exists():
+        return TrainResult.from_dict(json.loads(done.read_text()))
+    twin = same_training(run, profile) if not out.exists() else None
+    if twin is not None:
+        run.step(f"train/{label}", reused=str(twin.relative_to(run.path)))
+        return TrainResult.from_dict(json.loads((twin / "train_result.json").read_text()))
+    res = train_preference(profile, data.train_dataset(), out, resume=True)
+    run.step(
+        f"train/{label}",
+        wall_time_s=round(res.wall_time_s, 1),
+        steps=res.steps,
+        tokens_per_s=round(res.tokens_per_s, 1),
+    )
+    gc.collect()
+    return res
+
+
+def train_and_evaluate(
+    profile: Profile, run: Run, label: str, data: ProbeData, langs: list[str]
+) -> TrainedArm:
+    """Train ``label`` (or reuse it) and evaluate its adapter on the held-out items of ``langs``."""
+    info = train(profile, run, label, data)
+    rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
+    eval_label = adapter_label(info)
+    preds = evaluate(profile, run, eval_label, rows, adapter_dir=info.adapter_dir)
+    evaluation = Evaluation(eval_label, run.path / "eval" / eval_label / "predictions.jsonl", preds)
+    return TrainedArm(label, profile.train.method, profile.train.batching, info, evaluation)
+
+
+def compare(preds_a: pd.DataFrame, preds_b: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """McNemar per language and pooled non-English, b vs a on the same items (paper's p < alpha rule)."""
+    res = stats.compare_runs(preds_a, preds_b)
+    res["significant"] = res["pvalue"] < alpha
+    return res
+
+
+def probe_tidy(
+    preds: pd.DataFrame,
+    table: str,
+    block: str,
+    model: str,
+    langs: list[str],
+    profile: Profile,
+    baseline: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    return tables.probe_table(
+        preds,
+        table,
+        block,
+        model,
+        langs,
+        with_ci=True,
+        baseline=baseline,
+        seed=profile.seed,
+        n_resamples=profile.eval.n_bootstrap,
+    )
+
+
+def write_tables(run: Run, stem: str, tidy: pd.DataFrame) -> dict:
+    """``tables/<stem>.csv`` (tidy) and ``.md`` (paper layout with CIs); a rerun of the notebook
+    that made them replaces them."""
+    paths = tables.write_table(tidy, run.sub("tables"), stem, overwrite=True, show_ci=True)
+    return {k: str(v) for k, v in (paths.items() if isinstance(paths, dict) else enumerate(paths))}
+
+
+def load_run_profile(
+    run_dir: str | Path, name: str, overrides: list[str] = ()
+) -> tuple[Profile, Run]:
+    """The profile (with overrides) and the run directory it writes into: ``run_dir`` resumes that
+    run, "" starts a new one."""
+    from xlalign.runs import start_run
+
+    profile = load_profile(name, overrides=list(overrides))
+    run = start_run(profile, run_dir or None, resume=True) if run_dir else start_run(profile)
+    return profile, run
+
+
+def setup(
+    profile: str, run_dir: str | Path = "", seed: int | None = None, overrides: list[str] = ()
+) -> tuple[Profile, Run]:
+    """Every notebook's first call: the profile and its run, with package versions and the device
+    printed. ``seed`` replaces the profile's; ``overrides`` are ``section.key=value`` strings."""
+    from xlalign.runs import device_info, package_versions
+
+    overrides = [*overrides, *([f"seed={seed}"] if seed is not None else [])]
+    prof, run = load_run_profile(run_dir, profile, overrides)
+    versions = {k: v for k, v in package_versions().items() if v}
+    print("packages:", ", ".join(f"{k} {v}" for k, v in versions.items()))
+    print("device:", ", ".join(f"{k}={v}" for k, v in device_info().items()))
+    print(
+        f"profile: {prof.name} (model {prof.model.name}, dtype {prof.model.dtype}); run: {run.path}"
+    )
+    return prof, run
+
+
+def replace_model(profile: Profile, name: str) -> Profile:
+    return replace(profile, model=replace(profile.model, name=name))
