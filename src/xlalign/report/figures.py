@@ -4,6 +4,10 @@ The same functions draw the published numbers (xlalign.paper) and our own runs' 
 Figures are built on ``matplotlib.figure.Figure`` without pyplot, so they work under any backend
 (Agg included), hold no global state and need no closing. Every plot function returns its Figure.
 
+Over 400 lines because it holds all of the batch-alignment paper's Figures 3-7 and CALM's Figure 3: one
+module, so that the paper's numbers and ours are drawn by the very same code (shared bars, error bars,
+axes and palette), which is what makes the two comparable.
+
 Where a frame carries ``ci_low``/``ci_high`` (our runs' tables), each bar or point that shows one
 cell draws its 95% CI as an error bar; the published numbers have none, so the paper figures draw
 without. Accuracy axes run from 0 to 100 so a difference is read against the whole scale, never
