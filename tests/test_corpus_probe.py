@@ -183,3 +183,60 @@ def test_preference_rows_plain_and_chat(corpus):
 
     chat = probe.preference_rows(rows, ChatTok(), "auto")
     assert chat[0]["prompt"] == "<user>P</user><assistant>"
+
+
+def test_a_bad_topic_id_is_blamed_on_topic_id_not_id(tmp_path):
+    """The id check derives its expectation from topic_id; a broken topic_id used to be reported as a
+    wrong 'id' (the right field, blamed on the wrong column)."""
+    root = _copy_corpus(tmp_path)
+    path = root / "finance" / "en.jsonl"
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    recs[2]["topic_id"] = ""
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in recs) + "\n")
+    with pytest.raises(CorpusError, match=r"en.jsonl:3: field 'topic_id' is empty") as exc:
+        load_corpus(root, ["en"])
+    assert "'id'" not in str(exc.value)
+
+
+def test_a_truncated_line_points_at_the_broken_value(tmp_path):
+    root = _copy_corpus(tmp_path)
+    path = root / "finance" / "fr.jsonl"
+    lines = path.read_text().splitlines()
+    opens = lines[2].index('"passage": "') + len('"passage": ')  # the value's opening quote
+    lines[2] = lines[2][: opens + 10]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        CorpusError, match=r"fr.jsonl:3: malformed JSON \(Unterminated string"
+    ) as exc:
+        load_corpus(root, ["en", "fr"])
+    col = int(str(exc.value).rsplit("column ", 1)[1].rstrip(")"))
+    assert col - 1 == opens  # where the cut string opens, not past the end of the line
+
+
+@pytest.mark.parametrize(
+    ("edit", "field", "allowed"),
+    [
+        (lambda r: r.update(pasage=r.pop("passage")), "'pasage'", "title, passage, questions, mcq"),
+        (
+            lambda r: r["mcq"].update(hint="x"),
+            "'mcq.hint'",
+            "mcq.question, mcq.options, mcq.answer",
+        ),
+    ],
+)
+def test_unknown_fields_are_refused_naming_file_line_and_field(tmp_path, edit, field, allowed):
+    root = _copy_corpus(tmp_path, domains=("science",), langs=("en",))
+    path = root / "science" / "en.jsonl"
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    edit(recs[3])
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in recs) + "\n")
+    with pytest.raises(CorpusError) as exc:
+        load_corpus(root, ["en"])
+    msg = str(exc.value)
+    assert "science/en.jsonl:4" in msg and f"unknown field(s) {field}" in msg and allowed in msg
+
+
+def test_schema_names_the_real_corpus_layout():
+    schema = (corpus_dir("data/corpus") / "SCHEMA.md").read_text()
+    assert "data/corpus/<domain>/<lang>.jsonl" in schema
+    assert "`data/corpus/<lang>.jsonl`" not in schema

@@ -14,6 +14,7 @@ from xlalign.config import ALL_LANGS, REPO_ROOT
 
 LETTERS = ("A", "B", "C", "D")
 REQUIRED = ("id", "topic_id", "domain", "lang", "title", "passage", "questions", "mcq")
+MCQ_FIELDS = ("question", "options", "answer")
 
 
 class CorpusError(ValueError):
@@ -56,11 +57,26 @@ def _nonempty(value, where: str, field: str) -> str:
     return value
 
 
+def _unknown_fields(raw: dict, allowed: tuple[str, ...], where: str, prefix: str = "") -> None:
+    """A typo such as ``pasage`` would otherwise leave the real field missing or be silently dropped."""
+    unknown = [k for k in raw if k not in allowed]
+    if unknown:
+        names = ", ".join(repr(f"{prefix}{k}") for k in unknown)
+        raise CorpusError(
+            f"{where}: unknown field(s) {names}; allowed fields: "
+            f"{', '.join(prefix + k for k in allowed)} (see data/corpus/SCHEMA.md)"
+        )
+
+
 def parse_record(raw: dict, where: str, lang: str) -> TopicRecord:
+    hint = raw.get("topic_id")
+    _unknown_fields(raw, REQUIRED, f"{where} (topic {hint})" if isinstance(hint, str) else where)
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
         raise CorpusError(f"{where}: missing field(s) {missing}")
-    topic = raw["topic_id"]
+    # topic_id first: the id check below derives its expectation from it, and would otherwise blame
+    # a correct 'id' for a broken 'topic_id'.
+    topic = _nonempty(raw["topic_id"], where, "topic_id")
     where = f"{where} (topic {topic})"
     if raw["lang"] != lang:
         raise CorpusError(f"{where}: field 'lang' is {raw['lang']!r} but the file is for {lang!r}")
@@ -70,8 +86,9 @@ def parse_record(raw: dict, where: str, lang: str) -> TopicRecord:
     if not isinstance(qs, list) or len(qs) != 2:
         raise CorpusError(f"{where}: field 'questions' must be a list of 2 questions")
     mcq = raw["mcq"]
-    if not isinstance(mcq, dict) or not {"question", "options", "answer"} <= set(mcq):
+    if not isinstance(mcq, dict) or not set(MCQ_FIELDS) <= set(mcq):
         raise CorpusError(f"{where}: field 'mcq' needs question, options and answer")
+    _unknown_fields(mcq, MCQ_FIELDS, where, prefix="mcq.")
     opts = mcq["options"]
     if not isinstance(opts, list) or len(opts) != len(LETTERS):
         raise CorpusError(f"{where}: field 'mcq.options' must hold {len(LETTERS)} options")
@@ -79,7 +96,7 @@ def parse_record(raw: dict, where: str, lang: str) -> TopicRecord:
         raise CorpusError(f"{where}: field 'mcq.answer' {mcq['answer']!r} is not one of {LETTERS}")
     return TopicRecord(
         id=raw["id"],
-        topic_id=_nonempty(topic, where, "topic_id"),
+        topic_id=topic,
         domain=_nonempty(raw["domain"], where, "domain"),
         lang=lang,
         title=_nonempty(raw["title"], where, "title"),
@@ -102,10 +119,12 @@ def read_jsonl(path: Path, lang: str) -> list[TopicRecord]:
                 continue
             where = f"{path}:{lineno}"
             try:
-                raw = json.loads(line)
+                # Without its newline: a line cut short then reads "Unterminated string starting at
+                # column N" (where the broken value begins), not a control character past the end.
+                raw = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
                 raise CorpusError(
-                    f"{where}: malformed JSON ({exc.msg} at column {exc.colno})"
+                    f"{where}: malformed JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})"
                 ) from exc
             if not isinstance(raw, dict):
                 raise CorpusError(f"{where}: each line must be a JSON object")
