@@ -43,3 +43,66 @@ def test_all_notebooks_run_on_smoke(tmp_path, monkeypatch, cache_dir):
         if isinstance(golden[k], dict)
     }
     assert got == golden, f"smoke results changed in {changed}: {detail}"
+
+
+def _csv_values(path: Path) -> list[float]:
+    import csv
+
+    with path.open(encoding="utf-8") as fh:
+        return [float(r["value"]) for r in csv.DictReader(fh) if r.get("value")]
+
+
+# What each notebook, run alone, must have recorded in its own run directory.
+STANDALONE_CHECKS = {
+    "00_quickstart": lambda run: (
+        0.0 <= json.loads((run / "quickstart" / "summary.json").read_text())["accuracy"] <= 1.0
+    ),
+    "01_build_dataset": lambda run: json.loads((run / "data" / "data_report.json").read_text()),
+    "02_baseline_gap": lambda run: all(
+        0 <= v <= 100 for v in _csv_values(run / "tables" / "table05_baseline.csv")
+    ),
+    "03_batch_alignment": lambda run: (
+        len(_csv_values(run / "tables" / "table06_08_batch_alignment.csv")) > 0
+        and (run / "train" / "orpo-aligned" / "train_result.json").exists()
+    ),
+    "04_calm": lambda run: (
+        (run / "tables" / "calm_table01_03.csv").exists()
+        and json.loads((run / "calm" / "metrics.json").read_text())["questions_train"] > 0
+    ),
+    "05_ablations": lambda run: len(_csv_values(run / "tables" / "table12_13_batch_size.csv")) > 0,
+    "06_generalization": lambda run: (
+        len(_csv_values(run / "tables" / "table07_unseen_languages.csv")) > 0
+        and json.loads((run / "train" / "orpo-aligned" / "train_result.json").read_text())["steps"]
+        > 0
+    ),
+    "07_report": lambda run: "not produced in this run" in (run / "report.md").read_text(),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(STANDALONE_CHECKS))
+def test_each_notebook_runs_alone_in_a_fresh_kernel(name, tmp_path, cache_dir):
+    """Opened alone with only PROFILE=smoke set (a fresh kernel, its own new run directory), every
+    notebook computes what it needs and records its results."""
+    import papermill as pm
+
+    from xlalign.pipeline import NOTEBOOK_DIR
+
+    assert set(STANDALONE_CHECKS) == {nb.stem for nb in notebooks()}
+    run_dir = tmp_path / "run"
+    env = {"XLALIGN_CACHE": str(cache_dir)}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        pm.execute_notebook(
+            str(NOTEBOOK_DIR / f"{name}.ipynb"),
+            str(tmp_path / f"{name}.ipynb"),
+            parameters={"PROFILE": "smoke", "RUN_DIR": str(run_dir)},
+            kernel_name="python3",
+            cwd=str(NOTEBOOK_DIR),
+            progress_bar=False,
+        )
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert STANDALONE_CHECKS[name](run_dir)

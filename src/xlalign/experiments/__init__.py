@@ -13,6 +13,7 @@ from xlalign.experiments.batch_alignment import (  # noqa: F401
     training_curves,
 )
 from xlalign.experiments.generalization import (  # noqa: F401
+    aligned_arm,
     out_of_domain,
     unseen_languages,
 )
@@ -21,8 +22,10 @@ from xlalign.experiments.steps import (  # noqa: F401
     compare,
     eval_subset,
     evaluate,
+    knows_vs_says,
     load_run_profile,
     prepare_data,
+    probe_layers,
     probe_tidy,
     profile_for,
     replace_model,

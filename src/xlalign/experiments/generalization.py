@@ -11,24 +11,52 @@ import pandas as pd
 
 from xlalign import results
 from xlalign.config import Profile
-from xlalign.experiments.steps import compare, eval_subset, evaluate, prepare_data, probe_tidy
+from xlalign.experiments.steps import (
+    compare,
+    eval_subset,
+    evaluate,
+    prepare_data,
+    probe_tidy,
+    profile_for,
+    train,
+)
 from xlalign.runs import Run
+from xlalign.training.run import TrainResult
+
+
+def _method(profile: Profile) -> str:
+    return "orpo" if "orpo" in profile.experiments.methods else profile.experiments.methods[0]
+
+
+def aligned_arm(profile: Profile, run: Run) -> TrainResult:
+    """Notebook 03's aligned adapter: read from the run, or trained now (the same configuration and
+    label as notebook 03's, so notebook 03 then reuses it) when this notebook runs on its own."""
+    from xlalign.models import load_tokenizer
+
+    method = _method(profile)
+    label = results.arm(method, "aligned")
+    done = run.path / "train" / label / "train_result.json"
+    if done.exists():
+        return TrainResult.from_dict(json.loads(done.read_text()))
+    p = profile_for(profile, method=method, batching="aligned")
+    print(
+        f"[xlalign] {label} (notebook 03's aligned arm) is not in {run.path}: training it now, "
+        f"{p.train.max_steps if p.train.max_steps > 0 else 'all'} steps of batch {p.train.batch_size}"
+    )
+    data = prepare_data(profile, run, load_tokenizer(profile))
+    return train(p, run, label, data)
 
 
 def unseen_languages(profile: Profile, run: Run) -> dict:
-    """Baseline vs the aligned adapter of ``experiments.ablation_method`` from notebook 03, on th/vi/hu/ro."""
-    method = "orpo" if "orpo" in profile.experiments.methods else profile.experiments.methods[0]
-    label = results.arm(method, "aligned")
-    info_path = run.path / "train" / label / "train_result.json"
-    if not info_path.exists():
-        raise FileNotFoundError(f"{info_path} missing: run notebook 03 in this run directory first")
-    info = json.loads(info_path.read_text())
+    """Baseline vs notebook 03's aligned adapter (``aligned_arm``) on English and th/vi/hu/ro."""
+    method = _method(profile)
+    info = aligned_arm(profile, run)
     data = prepare_data(profile, run)
     langs = ["en"] + profile.data.unseen_langs
     rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
     name = profile.model.name
     base = evaluate(profile, run, results.baseline(name), rows)  # reuses notebook 02's predictions
-    ours = evaluate(profile, run, results.unseen(method), rows, adapter_dir=info["adapter_dir"])
+    ours = evaluate(profile, run, results.unseen(method), rows, adapter_dir=info.adapter_dir)
     base_t = probe_tidy(base, "ours_t07", "baseline", name, langs, profile)
     table = pd.concat(
         [
@@ -53,8 +81,8 @@ def out_of_domain(profile: Profile, run: Run) -> pd.DataFrame:
     from xlalign.evaluation import benchmarks
     from xlalign.evaluation.predictions import load_eval_model
 
-    method = "orpo" if "orpo" in profile.experiments.methods else profile.experiments.methods[0]
-    adapter = run.path / "train" / results.arm(method, "aligned") / "adapter"
+    method = _method(profile)
+    adapter = aligned_arm(profile, run).adapter_dir
     if profile.experiments.benchmarks:
         tasks, include = list(profile.experiments.benchmarks), None
     else:
@@ -66,10 +94,8 @@ def out_of_domain(profile: Profile, run: Run) -> pd.DataFrame:
     frames = []
     for label, adapter_dir in (
         ("baseline", None),
-        (results.block(method, "aligned"), adapter if adapter.exists() else None),
+        (results.block(method, "aligned"), adapter),
     ):
-        if label != "baseline" and adapter_dir is None:
-            continue
         model, tok = load_eval_model(profile, adapter_dir)
         res = benchmarks.run_benchmarks(
             model, tok, tasks, limit=limit, include_path=include, seed=profile.seed
