@@ -226,3 +226,58 @@ def setup(
 
 def replace_model(profile: Profile, name: str) -> Profile:
     return replace(profile, model=replace(profile.model, name=name))
+
+
+def probe_layers(n_layers: int, count: int = 6) -> list[int]:
+    """About ``count`` evenly spaced layers, the last included (Gemma-3-270M: 3, 6, 9, 12, 15, 18)."""
+    step = max(1, round(n_layers / count))
+    return sorted({*range(step, n_layers + 1, step), n_layers})
+
+
+def knows_vs_says(
+    profile: Profile,
+    run: Run,
+    data: ProbeData,
+    langs: list[str],
+    train_per_lang: int = 30,
+    model=None,
+    tokenizer=None,
+) -> pd.DataFrame:
+    """What the frozen model knows (a linear probe on its last-position hidden state, per layer) beside
+    what it says (its first-token margin), on the same held-out items; ``tables/knows_vs_says.csv``.
+
+    The probe trains on ``train_per_lang`` label-balanced training-split samples per language (the
+    same samples in every language); the test items are ``eval_subset``'s, as for the answers.
+    """
+    from xlalign.evaluation.predictions import load_eval_model
+    from xlalign.evaluation.probing import probe_by_layer
+
+    out = run.sub("tables") / "knows_vs_says.csv"
+    if out.exists():
+        return pd.read_csv(out)
+    train_rows = [r for r in data.rows if r.get("split") == "train"]
+    train_rows = eval_subset(train_rows, langs, train_per_lang, profile.seed)
+    test_rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
+    t0 = time.perf_counter()
+    if model is None:
+        model, tokenizer = load_eval_model(profile)
+    n_layers = model.config.get_text_config().num_hidden_layers
+    table = probe_by_layer(
+        model,
+        tokenizer,
+        train_rows,
+        test_rows,
+        probe_layers(n_layers),
+        prompt_format=profile.model.prompt_format,
+        seed=profile.seed,
+        n_resamples=profile.eval.n_bootstrap,
+        batch_size=profile.eval.batch_size,
+    )
+    table.to_csv(out, index=False)
+    run.step(
+        "knows_vs_says",
+        wall_time_s=round(time.perf_counter() - t0, 1),
+        train_items=len(train_rows),
+        test_items=len(test_rows),
+    )
+    return table
