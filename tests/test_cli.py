@@ -21,6 +21,20 @@ def _last_json(text: str):
     return json.loads(text[start + 1 if start >= 0 else 0 :])
 
 
+def _record(run_dir) -> dict:
+    from pathlib import Path
+
+    return json.loads((Path(run_dir) / "run.json").read_text())
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err  # may hold progress bars (weights loading) before the error
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("xlalign: error: ") and err.count("xlalign: error: ") == 1
+    return last
+
+
 def test_validate_configs(capsys):
     assert main(["validate-configs"]) == 0
     assert capsys.readouterr().out.startswith("ok: ")
@@ -50,6 +64,8 @@ def test_train_then_evaluate_the_adapter(tmp_path, smoke_args, capsys):
     assert set(summary["accuracy"]) >= {"en"} and 0.0 <= summary["accuracy"]["en"] <= 100.0
     preds = (tmp_path / "run" / "eval" / "a" / "predictions.jsonl").read_text().splitlines()
     assert len(preds) == 2 * len(summary["accuracy"])  # 2 items in every evaluated language
+    record = _record(run_dir)
+    assert record["status"] == "ok" and record["end_time"] and "error" not in record
 
 
 def test_resuming_with_other_overrides_is_a_one_line_error(tmp_path, smoke_args, capsys):
@@ -66,3 +82,63 @@ def test_an_unknown_key_is_a_one_line_error(capsys):
     assert main(["build-data", "--profile", "smoke", "train.no_such_key=1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("xlalign: error: ") and "no_such_key" in err
+
+
+def test_build_data_marks_its_run_ok(tmp_path, smoke_args, capsys):
+    run_dir = str(tmp_path / "run")
+    assert main(["build-data", *smoke_args, "--run-dir", run_dir]) == 0
+    record = _record(run_dir)
+    assert record["status"] == "ok" and record["end_time"]
+    assert not (tmp_path / "run" / ".lock.pid").exists()  # the lock went with the run
+
+
+def test_an_overlong_prompt_is_a_one_line_error_and_a_failed_run(tmp_path, smoke_args, capsys):
+    run_dir = str(tmp_path / "run")
+    assert main(["build-data", *smoke_args, "--run-dir", run_dir, "data.max_prompt_tokens=10"]) == 2
+    err = _one_line_error(capsys)
+    assert "max_prompt_tokens=10" in err
+    record = _record(run_dir)
+    assert record["status"] == "failed" and "max_prompt_tokens=10" in record["error"]
+    assert record["end_time"]
+
+
+def test_a_training_config_mismatch_is_a_one_line_error(tmp_path, smoke_args, capsys):
+    run_dir = tmp_path / "run"
+    out = run_dir / "train" / "a"
+    out.mkdir(parents=True)
+    (out / "xlalign_train_config.json").write_text(json.dumps({"method": "sft"}))
+    args = ["train", *smoke_args, "--run-dir", str(run_dir), "--label", "a", "train.max_steps=1"]
+    assert main(args) == 2
+    assert "holds a training run of a different config" in _one_line_error(capsys)
+    record = _record(run_dir)
+    assert record["status"] == "failed" and "different config" in record["error"]
+
+
+def test_a_corrupt_prediction_file_is_a_one_line_error(tmp_path, smoke_args, capsys):
+    run_dir = tmp_path / "run"
+    preds = run_dir / "eval" / "x" / "predictions.jsonl"
+    preds.parent.mkdir(parents=True)
+    preds.write_text('not json\n{"item_id": "a"}\n')
+    args = ["evaluate", *smoke_args, "--run-dir", str(run_dir), "--label", "x"]
+    assert main([*args, "eval.max_items_per_lang=2"]) == 2
+    assert "is not a valid prediction record" in _one_line_error(capsys)
+    assert _record(run_dir)["status"] == "failed"
+
+
+def test_a_library_value_error_keeps_its_traceback_and_fails_the_run(
+    tmp_path, smoke_args, monkeypatch
+):
+    """Only the project's own checks become one-line errors; a ValueError from a library is a bug."""
+    from xlalign import cli
+    from xlalign.config import load_profile
+    from xlalign.runs import start_run
+
+    def boom(args):
+        args.run = start_run(load_profile("smoke"), tmp_path / "run")
+        int("not a number")
+
+    monkeypatch.setattr(cli, "cmd_build_data", boom)
+    with pytest.raises(ValueError, match="invalid literal"):
+        main(["build-data", *smoke_args])
+    record = _record(tmp_path / "run")
+    assert record["status"] == "failed" and "invalid literal" in record["error"]

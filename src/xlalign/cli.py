@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from xlalign.config import CONFIG_DIR, ConfigError, load_profile
 
@@ -53,6 +54,7 @@ def cmd_build_data(args) -> None:
 
     profile = _profile(args)
     run = start_run(profile, args.run_dir, label="data", resume=bool(args.run_dir))
+    args.run = run  # main() marks it ok or failed
     tok = load_tokenizer(profile)
     data = build_probe_data(profile, tok)
     save_probe_data(data, run.path / "data")
@@ -68,6 +70,7 @@ def cmd_train(args) -> None:
 
     profile = _profile(args)
     run = start_run(profile, args.run_dir, label="train", resume=bool(args.run_dir))
+    args.run = run  # main() marks it ok or failed
     model, tok = load_model(profile) if profile.model.quantization == "none" else (None, None)
     if tok is None:
         from xlalign.models import load_tokenizer
@@ -105,6 +108,7 @@ def cmd_evaluate(args) -> None:
 
     profile = _profile(args)
     run = start_run(profile, args.run_dir, label="eval", resume=bool(args.run_dir))
+    args.run = run  # main() marks it ok or failed
     data = build_probe_data(profile, load_tokenizer(profile))
     langs = profile.data.train_langs + profile.data.unseen_langs
     rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
@@ -120,13 +124,20 @@ def cmd_reproduce(args) -> None:
 
 
 def cmd_validate(args) -> None:
-    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-    for name in names:
-        load_profile(name)
-    for overlay in sorted((CONFIG_DIR / "ablations").glob("*.yaml")):
-        load_profile("paper", overlays=[str(overlay)])
+    """Every profile in configs/, every overlay on the cpu profile, then ``--profile`` with the
+    given overlays and overrides; the first invalid one raises ``ConfigError`` (exit status 2)."""
+    profiles = sorted(CONFIG_DIR.glob("*.yaml"))
+    overlays = sorted((CONFIG_DIR / "ablations").glob("*.yaml"))
+    for path in profiles:
+        load_profile(path.stem)
+    for overlay in overlays:
+        load_profile("cpu", overlays=[str(overlay)])
+    profile = _profile(args)
+    given = f"{args.profile}" + "".join(f" +{o}" for o in args.overlay or [])
+    given += "".join(f" {o}" for o in args.overrides)
     print(
-        f"ok: {len(names)} profiles, {len(list((CONFIG_DIR / 'ablations').glob('*.yaml')))} overlays"
+        f"ok: {len(profiles)} profiles, {len(overlays)} overlays on cpu, and {given} "
+        f"(profile {profile.name!r})"
     )
 
 
@@ -159,33 +170,77 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("reproduce", cmd_reproduce, "run every notebook with papermill")
     p.add_argument("--run-id", default=None, help="resume this run (runs/<id>)")
     p.add_argument("--only", nargs="*", default=None, help="notebook prefixes, e.g. 00 01")
-    add("validate-configs", cmd_validate, "load and validate every profile and overlay")
+    add(
+        "validate-configs",
+        cmd_validate,
+        "validate every profile and overlay in configs/, then --profile with --overlay and overrides",
+    )
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _raised_by_xlalign(exc: BaseException) -> bool:
+    """True when the innermost frame of ``exc`` is xlalign's own code (a check that names the fix),
+    not a library's: a ValueError from torch or pandas is a bug and keeps its traceback."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE_DIR)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """The project's own error types: each message names the problem and the fix."""
+    from xlalign.evaluation.predictions import NumericalFaultError
     from xlalign.models import ModelUnavailableError
     from xlalign.pipeline import NotebookFailed
-    from xlalign.runs import RunMismatchError
+    from xlalign.runs import RunLockedError, RunMismatchError
     from xlalign.sources.corpus import CorpusError
     from xlalign.training.sampling import AlignmentError
+    from xlalign.translate import TranslationError
 
-    try:
-        args.fn(args)
-    except (
+    return (
         ConfigError,
         ModelUnavailableError,
         CorpusError,
         AlignmentError,
         NotebookFailed,
         RunMismatchError,
+        RunLockedError,
+        NumericalFaultError,
+        TranslationError,
         FileExistsError,
         FileNotFoundError,
-    ) as exc:
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Expected errors end in one line ``xlalign: error: ...`` and exit status 2.
+
+    ``build-data``, ``train`` and ``evaluate`` finish their run: ``status`` ``ok`` in ``run.json``, or
+    ``failed`` with the error message (also for unexpected errors, which keep their traceback).
+    """
+    args = build_parser().parse_args(argv)
+    args.run = None
+    expected = _expected_errors()
+    try:
+        args.fn(args)
+    except BaseException as exc:
+        one_line = isinstance(exc, expected) or (
+            isinstance(exc, ValueError) and _raised_by_xlalign(exc)
+        )
+        if args.run is not None:
+            args.run.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        if not one_line:
+            raise
         # One line naming the problem and the fix; no traceback wall for expected errors.
         print(f"xlalign: error: {exc}", file=sys.stderr)
         return 2
+    if args.run is not None:
+        args.run.finish("ok")
     return 0
 
 
