@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from xlalign.config import DataSection, LoraSection, ModelSection, Profile, TrainSection
+from xlalign.config import (
+    DataSection,
+    ExperimentsSection,
+    LoraSection,
+    ModelSection,
+    Profile,
+    TrainSection,
+)
 
 TINY_LANGS = ["en", "ar", "zh"]
 
@@ -47,6 +54,7 @@ def tiny_profile(cache_dir) -> Profile:
             max_length=2048,
             logging_steps=1,
         ),
+        experiments=ExperimentsSection(batch_sizes=[1, 3]),  # at most the three languages
     )
 
 

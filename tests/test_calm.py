@@ -396,7 +396,8 @@ def test_full_chain_on_the_tiny_model(tiny_profile, tmp_path, tiny_model_and_tok
         tiny_profile,
         calm=CalmSection(
             train_langs=langs, eval_langs=langs, num_samples=2, max_new_tokens=6, translator="fake",
-            max_steps=1, learning_rate=1e-3, sft_learning_rate=1e-3, incremental=True,
+            train=replace(CalmSection().train, max_steps=1, learning_rate=1e-3, max_length=2048),
+            sft_learning_rate=1e-3, incremental=True,
             lora=LoraSection(r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"]),
         ),
     )  # fmt: skip

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from xlalign.config import ALL_LANGS, DataSection, Profile, TrainSection
+from xlalign.config import ALL_LANGS, DataSection, ExperimentsSection, Profile, TrainSection
 from xlalign.probe import build as probe
 from xlalign.probe.dataset import build_probe_data
 from xlalign.sources.corpus import CorpusError, corpus_dir, load_corpus, summary
@@ -61,6 +61,7 @@ def test_samples_and_split_are_stable_when_languages_are_added(corpus):
         Profile(
             data=DataSection(k=3, train_langs=["en", "fr"], unseen_langs=[]),
             train=TrainSection(batch_size=2),
+            experiments=ExperimentsSection(batch_sizes=[1, 2]),
         )
     )
     b = build_probe_data(Profile(data=DataSection(k=3)))

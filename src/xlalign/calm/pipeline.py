@@ -82,7 +82,7 @@ def run_calm(
     ``eval.max_items_per_lang``). ``baselines``: any of sft, gt_dpo, gt_sft. ``calm.incremental``
     adds Table 10's runs that vote over the first 1..n-1 training languages only;
     ``compare_batching`` also trains CALM with the other batching. ``batch_size``: pairs per
-    micro-batch (default ``calm.batch_size`` if the profile has one, else 1 as in Table 5).
+    micro-batch (default ``calm.train.batch_size``: 1 as in Table 5).
     Questions without a vote, ties, languages without pairs and failed translations are counted in
     ``counts.json``, never raised. Returns the main results and wall times as a ``CalmRun``.
     """
@@ -96,7 +96,7 @@ def run_calm(
     t_all = time.perf_counter()
     train_langs, eval_langs = list(c.train_langs), list(c.eval_langs)
     all_langs = list(dict.fromkeys(train_langs + eval_langs))
-    batch_size = batch_size or getattr(c, "batch_size", None) or 1
+    batch_size = batch_size or c.train.batch_size
 
     # Questions and split.
     if items is None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pandas as pd
 
 from xlalign.calm.parse import parse_letter
 from xlalign.calm.prompts import INVALID
-from xlalign.config import Profile
+from xlalign.config import Profile, derive
 
 # --------------------------------------------------------------------------- training
 
@@ -45,26 +44,15 @@ def trainer_rows(rows: Sequence[dict], batching: str, columns: Sequence[str]) ->
 
 
 def calm_train_profile(profile: Profile, method: str, batch_size: int) -> Profile:
-    """The derived profile the shared trainer runs CALM with (paper Table 5 hyperparameters)."""
+    """The derived profile the shared trainer runs CALM with: ``calm.train`` and ``calm.lora`` (paper
+    Table 5) as its train and lora sections, ``method`` and ``batch_size`` set; SFT trains at
+    ``calm.sft_learning_rate`` without warmup (Table 5)."""
     c = profile.calm
-    sft = method == "sft"
-    return replace(
-        profile,
-        train=replace(
-            profile.train,
-            method=method,
-            batching="clustered",
-            batch_size=batch_size,
-            include_english=False,  # only the probe's aligned sampler reads it
-            grad_accum=1,
-            learning_rate=c.sft_learning_rate if sft else c.learning_rate,
-            beta=c.beta,
-            epochs=c.epochs,
-            max_steps=c.max_steps,
-            lr_scheduler=c.lr_scheduler,
-            warmup_ratio=0.0 if sft else c.warmup_ratio,  # Table 5: SFT has no warmup
-        ),
-        lora=c.lora,
+    train = {"method": method, "batch_size": batch_size}
+    if method == "sft":
+        train |= {"learning_rate": c.sft_learning_rate, "warmup_ratio": 0.0}
+    return derive(
+        profile, overrides={f"train.{k}": v for k, v in train.items()}, train=c.train, lora=c.lora
     )
 
 
