@@ -46,7 +46,7 @@ from xlalign.training.trainers import AlignedORPOTrainer
 
 
 def with_train(profile, **train):
-    return derive(profile, overrides={f"train.{k}": v for k, v in train.items()})
+    return derive(profile, train=train)
 
 
 class StepTimer(TrainerCallback):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from xlalign import experiments
-from xlalign.config import load_profile
+from xlalign.config import derive, load_profile
 from xlalign.experiments import ablations
 from xlalign.probe.dataset import build_probe_data
 from xlalign.runs import start_run
@@ -36,8 +36,8 @@ def test_identical_configuration_is_trained_once(tmp_path):
     profile = load_profile("smoke")
     run = start_run(profile, tmp_path / "run")
     # Notebook 03's aligned ORPO run with the ablations' step budget ...
-    nb03 = experiments.profile_for(
-        profile, method="orpo", max_steps=profile.experiments.ablation_max_steps
+    nb03 = derive(
+        profile, train=dict(method="orpo", max_steps=profile.experiments.ablation_max_steps)
     )
     info = _finished(run, "orpo-aligned", nb03)
     # ... is the batch-size ablation's largest batch.
@@ -56,9 +56,9 @@ def test_a_different_configuration_is_not_reused(tmp_path):
     run = start_run(profile, tmp_path / "run")
     _finished(run, "orpo-aligned", profile)
     for other in (
-        experiments.profile_for(profile, batching="uncoupled"),
-        experiments.profile_for(profile, max_steps=profile.train.max_steps + 1),
-        experiments.profile_for(profile, method="dpo"),
+        derive(profile, train=dict(batching="uncoupled")),
+        derive(profile, train=dict(max_steps=profile.train.max_steps + 1)),
+        derive(profile, train=dict(method="dpo")),
     ):
         assert experiments.same_training(run, other) is None
     # An unfinished directory (no train_result.json) is never reused.

@@ -35,7 +35,7 @@ LANGS = ["en", "ar", "es", "fr", "zh"]
 
 def with_train(profile, **train):
     """``profile`` with some train fields replaced, through the one derive function."""
-    return derive(profile, overrides={f"train.{k}": v for k, v in train.items()})
+    return derive(profile, train=train)
 
 
 def grouped_rows(n_groups: int = 10, langs: list[str] = LANGS) -> tuple[list[str], list[str]]:

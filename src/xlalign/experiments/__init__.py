@@ -3,6 +3,7 @@
 ``steps`` (data, train, evaluate, tables), ``batch_alignment`` (03), ``ablations`` (05), ``generalization`` (06).
 """
 
+from xlalign.config import derive  # noqa: F401  (the one way to derive a profile)
 from xlalign.experiments.ablations import (  # noqa: F401
     ablation_batch_size,
     ablation_english,
@@ -27,8 +28,6 @@ from xlalign.experiments.steps import (  # noqa: F401
     prepare_data,
     probe_layers,
     probe_tidy,
-    profile_for,
-    replace_model,
     same_training,
     setup,
     train,

@@ -7,14 +7,13 @@ from __future__ import annotations
 import pandas as pd
 
 from xlalign import results
-from xlalign.config import Profile
+from xlalign.config import Profile, derive
 from xlalign.experiments.steps import (
     adapter_label,
     compare,
     eval_subset,
     evaluate,
     probe_tidy,
-    profile_for,
     train,
 )
 from xlalign.probe.dataset import ProbeData, build_probe_data
@@ -26,7 +25,7 @@ def _ablation_profile(profile: Profile, overlays: list[str], **extra) -> Profile
     train = {"method": profile.experiments.ablation_method, **extra}
     if steps and steps > 0:
         train["max_steps"] = steps
-    return profile_for(profile, overlays, **train)
+    return derive(profile, overlays, train=train)
 
 
 def ablation_batch_size(profile: Profile, run: Run, data: ProbeData) -> dict:
@@ -106,7 +105,7 @@ def ablation_machine_translated(profile: Profile, run: Run) -> dict:
     base = evaluate(profile, run, results.baseline_mt(name), rows)
     out = {}
     for batching in ("uncoupled", "aligned"):
-        p = profile_for(p_al, batching=batching)
+        p = derive(p_al, train={"batching": batching})
         info = train(p, run, results.machine_translated(batching), data)
         out[batching] = evaluate(p, run, adapter_label(info), rows, adapter_dir=info.adapter_dir)
     method = profile.experiments.ablation_method

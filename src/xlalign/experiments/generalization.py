@@ -10,14 +10,13 @@ import json
 import pandas as pd
 
 from xlalign import results
-from xlalign.config import Profile
+from xlalign.config import Profile, derive
 from xlalign.experiments.steps import (
     compare,
     eval_subset,
     evaluate,
     prepare_data,
     probe_tidy,
-    profile_for,
     train,
 )
 from xlalign.runs import Run
@@ -38,7 +37,7 @@ def aligned_arm(profile: Profile, run: Run) -> TrainResult:
     done = run.path / "train" / label / "train_result.json"
     if done.exists():
         return TrainResult.from_dict(json.loads(done.read_text()))
-    p = profile_for(profile, method=method, batching="aligned")
+    p = derive(profile, train={"method": method, "batching": "aligned"})
     print(
         f"[xlalign] {label} (notebook 03's aligned arm) is not in {run.path}: training it now, "
         f"{p.train.max_steps if p.train.max_steps > 0 else 'all'} steps of batch {p.train.batch_size}"

@@ -7,24 +7,18 @@ from __future__ import annotations
 import gc
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from xlalign.config import Profile, derive, load_profile
+from xlalign.config import Profile, load_profile
 from xlalign.evaluation import stats
 from xlalign.probe.dataset import ProbeData, build_probe_data, save_probe_data
 from xlalign.report import tables
 from xlalign.results import Evaluation, TrainedArm
 from xlalign.runs import Run
 from xlalign.training.run import TrainResult
-
-
-def profile_for(profile: Profile, overlays: list[str] = (), **train) -> Profile:
-    """The run's profile with ablation overlays and ``train`` fields applied (validated again)."""
-    return derive(profile, overlays, {f"train.{k}": v for k, v in train.items()})
 
 
 def prepare_data(profile: Profile, run: Run, tokenizer=None) -> ProbeData:
@@ -222,10 +216,6 @@ def setup(
         f"profile: {prof.name} (model {prof.model.name}, dtype {prof.model.dtype}); run: {run.path}"
     )
     return prof, run
-
-
-def replace_model(profile: Profile, name: str) -> Profile:
-    return replace(profile, model=replace(profile.model, name=name))
 
 
 def probe_layers(n_layers: int, count: int = 6) -> list[int]:

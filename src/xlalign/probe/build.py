@@ -230,6 +230,22 @@ def token_lengths(rows: list[dict], tokenizer, field: str = "prompt") -> list[in
     return [len(x) for x in enc]
 
 
+def pair_lengths(pref: list[dict], tokenizer) -> list[int]:
+    """Tokens TRL trains per preference pair: the prompt with the tokenizer's special tokens, plus the
+    longer of the two completions and the EOS token TRL appends to it (the rejected answer can be the
+    longer one; counting only prompt + chosen let TRL cut it silently)."""
+    prompts = token_lengths(pref, tokenizer, "prompt")
+    eos = 1 if tokenizer.eos_token_id is not None else 0
+    out = []
+    for r, n_prompt in zip(pref, prompts, strict=True):
+        longest = max(
+            len(tokenizer(r[side], add_special_tokens=False)["input_ids"])
+            for side in ("chosen", "rejected")
+        )
+        out.append(n_prompt + longest + eos)
+    return out
+
+
 def enforce_max_length(
     rows: list[dict], lengths: list[int], max_tokens: int, policy: str
 ) -> tuple[list, dict]:

@@ -60,19 +60,24 @@ def build_probe_data(profile: Profile, tokenizer=None) -> ProbeData:
 
     pref = probe.preference_rows(train_rows, tokenizer, profile.model.prompt_format)
     if tokenizer is not None:
-        lengths = [
-            p + c
-            for p, c in zip(
-                probe.token_lengths(pref, tokenizer, "prompt"),
-                probe.token_lengths(pref, tokenizer, "chosen"),
-                strict=True,
-            )
-        ]
         limit = min(d.max_prompt_tokens, profile.train.max_length)
         for r, p in zip(pref, train_rows, strict=True):
             r["item_id"] = p["item_id"]
+        lengths = probe.pair_lengths(pref, tokenizer)
         pref, length_report = probe.enforce_max_length(pref, lengths, limit, d.overlong)
         report["length_check"] = length_report
+        # Test prompts as the evaluation renders them, against the prompt limit (no truncation there).
+        rendered = [
+            {"prompt": probe.render_prompt(r["prompt"], tokenizer, profile.model.prompt_format)}
+            for r in test_rows
+        ]
+        test_lengths = [
+            n + 1 for n in probe.token_lengths(rendered, tokenizer)
+        ]  # + first answer token
+        test_rows, test_report = probe.enforce_max_length(
+            test_rows, test_lengths, d.max_prompt_tokens, d.overlong
+        )
+        report["length_check_test"] = test_report
     report["counts"] = {
         "train_pref_rows": len(pref),
         "test_rows": len(test_rows),
