@@ -1,6 +1,9 @@
 """Model registry and loaders: named presets, the PyPI-shipped Gemma-3-270M GGUF, tiny-random, hub ids.
 
-Also turns a profile into a 4-bit NF4 QLoRA model plus its LoRA config.
+Also turns a profile into a 4-bit NF4 QLoRA model plus its LoRA config, and resolves ``model.dtype``.
+Over 400 lines because every way a model reaches this project (presets, hash-checked caches of the
+PyPI GGUF and tiny-random conversions, hub loading with its offline errors, dtype choice) meets in one
+``load_model``; tests patch these pieces through this one module.
 """
 
 from __future__ import annotations

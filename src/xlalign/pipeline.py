@@ -118,8 +118,8 @@ def reproduce(
     print(f"[xlalign] run directory: {run.path}", flush=True)
     try:
         times = run_notebooks(profile, run, only=only, overrides=overrides)
-    except NotebookFailed:
-        run.finish(status="failed")
+    except BaseException as exc:  # a failed notebook, Ctrl-C, anything: the record says so
+        run.finish(status="failed", error=f"{type(exc).__name__}: {exc}"[:500])
         raise
     run.finish(
         status="ok", notebook_wall_times_s=times, total_wall_time_s=round(sum(times.values()), 1)

@@ -146,6 +146,8 @@ def _truncate_logs(out: Path, step: int) -> None:
 
 def _training_args(profile: Profile, out: Path) -> dict:
     """TrainingArguments shared by every method, from the profile's train section."""
+    from xlalign.models import resolve_dtype
+
     t = profile.train
     cpu = not torch.cuda.is_available()
     return dict(
@@ -167,7 +169,7 @@ def _training_args(profile: Profile, out: Path) -> dict:
         gradient_checkpointing=t.gradient_checkpointing,
         optim=t.optim,
         use_cpu=cpu,
-        bf16=(not cpu) and profile.model.dtype in ("bfloat16", "auto"),
+        bf16=(not cpu) and resolve_dtype(profile.model.dtype, "cuda")[0] == torch.bfloat16,
         dataloader_num_workers=0,
         disable_tqdm=False,
         save_only_model=False,
