@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from xlalign.config import CONFIG_DIR, ConfigError, load_profile
+from xlalign.runs import jsonable
 
 
 def _profile(args):
@@ -92,13 +93,6 @@ def cmd_train(args) -> None:
     print(json.dumps(res.to_dict()))
 
 
-def _jsonable(obj):
-    """Metric summaries hold pandas Series (per language); JSON wants plain dicts and floats."""
-    if hasattr(obj, "to_dict"):
-        return {str(k): float(v) for k, v in obj.to_dict().items()}
-    return float(obj)
-
-
 def cmd_evaluate(args) -> None:
     from xlalign.evaluation import metrics
     from xlalign.experiments import eval_subset, evaluate
@@ -113,7 +107,7 @@ def cmd_evaluate(args) -> None:
     langs = profile.data.train_langs + profile.data.unseen_langs
     rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
     preds = evaluate(profile, run, args.label or "cli", rows, adapter_dir=args.adapter)
-    print(json.dumps(metrics.summarize(preds), default=_jsonable, indent=1))
+    print(json.dumps(metrics.summarize(preds), default=jsonable, indent=1))
 
 
 def cmd_reproduce(args) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import platform
 import re
@@ -355,6 +356,32 @@ def _open_run(profile: Profile, path: Path, resume: bool, argv: list[str] | None
     run = Run(path, record)
     run.save()
     return run
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON values: NaN/inf -> null, keys -> str, pandas/numpy values -> Python ones."""
+    if hasattr(obj, "to_dict") and not isinstance(obj, dict):
+        obj = obj.to_dict()
+    if hasattr(obj, "item") and not isinstance(obj, list | tuple | dict | str):
+        obj = obj.item()  # numpy scalars
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    """One JSON object per line (``jsonable`` values), written whole then moved into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(jsonable(r), ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
 
 
 def write_json(path: Path, data: Any, overwrite: bool = False) -> Path:

@@ -24,8 +24,6 @@ from xlalign.calm.pipeline import (  # noqa: F401
     run_calm,
 )
 from xlalign.calm.prompts import (  # noqa: F401
-    INVALID,
-    LETTERS,
     TEMPLATES,
     LangTemplate,
     build_prompt,
@@ -50,3 +48,5 @@ from xlalign.calm.vote import (  # noqa: F401
     vote_accuracy,
     vote_all,
 )
+from xlalign.evaluation.parse import INVALID  # noqa: F401
+from xlalign.sources.common import LETTERS  # noqa: F401

@@ -9,7 +9,8 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
-from xlalign.calm.prompts import LETTERS, TEMPLATES
+from xlalign.calm.prompts import TEMPLATES
+from xlalign.sources.common import LETTERS
 
 # --------------------------------------------------------------------------- parsing answers
 

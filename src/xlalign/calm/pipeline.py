@@ -5,11 +5,9 @@ Every intermediate (samples, votes, pairs, counts, predictions) is written into 
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,30 +17,11 @@ from xlalign.calm.variants import _load_adapter, _train_variant, predict, score
 from xlalign.calm.vote import SamplerFn, render_prompts, sample_answers, vote_accuracy, vote_all
 from xlalign.config import Profile
 from xlalign.results import CalmRun
+from xlalign.runs import jsonable, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- the whole chain
-
-
-def _jsonable(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
-def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    with path.open("w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps(_jsonable(r), ensure_ascii=False) + "\n")
-
-
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(_jsonable(obj), indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def load_calm_items(profile: Profile, langs: Sequence[str]) -> tuple[list, dict[str, str]]:
@@ -139,11 +118,11 @@ def run_calm(
         batch_size=c.sample_batch_size, sampler=sampler, stats=stats,
     )  # fmt: skip
     walls["sampling"] = time.perf_counter() - t0
-    _write_jsonl(out / "samples.jsonl", (asdict(s) for s in samples))
+    write_jsonl(out / "samples.jsonl", (asdict(s) for s in samples))
 
     # 2. Voting.
     votes = vote_all(samples, train_langs)
-    _write_jsonl(out / "votes.jsonl", (v.to_dict() for v in votes.values()))
+    write_jsonl(out / "votes.jsonl", (v.to_dict() for v in votes.values()))
     fig3 = vote_accuracy(samples, votes, train_langs)
 
     # 3. Pairs (translation happens here).
@@ -153,10 +132,10 @@ def run_calm(
     walls["pairs"] = time.perf_counter() - t0
     counts = pair_counts(samples, votes, pairs, train_langs)
     counts["dropped_incomplete_questions"] = len(dropped)
-    _write_jsonl(out / "pairs.jsonl", pairs.rows)
-    _write_jsonl(out / "translation_failures.jsonl", pairs.translation_failures)
+    write_jsonl(out / "pairs.jsonl", pairs.rows)
+    write_jsonl(out / "translation_failures.jsonl", pairs.translation_failures)
     sft = sft_rows(samples, votes, train_prompts)
-    _write_jsonl(out / "sft.jsonl", sft)
+    write_jsonl(out / "sft.jsonl", sft)
 
     # 4. Training: CALM and the baselines, each from the untouched base model.
     variants: dict[str, tuple[str, list[dict], str]] = {"calm": ("dpo", pairs.rows, c.batching)}
@@ -184,7 +163,7 @@ def run_calm(
                 "counts": pair_counts(samples, sub_votes, sub_pairs, sub),
             }
     counts["incremental"] = {k: v["counts"] for k, v in incremental.items()}
-    _write_json(out / "counts.json", counts)
+    write_json(out / "counts.json", jsonable(counts), overwrite=True)
 
     training: dict[str, dict] = {}
     for name, (method, rows, batching) in variants.items():
@@ -217,7 +196,7 @@ def run_calm(
         )
         if policy is not model:
             del policy
-        _write_jsonl(out / "predictions" / f"{name}.jsonl", preds.to_dict("records"))
+        write_jsonl(out / "predictions" / f"{name}.jsonl", preds.to_dict("records"))
         evaluation[name] = score(preds)
         walls[f"eval_{name}"] = time.perf_counter() - t0
 
@@ -251,5 +230,5 @@ def run_calm(
         batching=batching_cmp,
         wall_times_s=walls,
     )
-    _write_json(out / "metrics.json", results.to_dict())
+    write_json(out / "metrics.json", jsonable(results.to_dict()), overwrite=True)
     return results

@@ -8,10 +8,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-log = logging.getLogger(__name__)
+from xlalign.sources.common import LETTERS
 
-LETTERS = "ABCDE"
-INVALID = "Invalid"
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- prompts per language

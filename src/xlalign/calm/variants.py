@@ -14,8 +14,8 @@ from typing import Any
 import pandas as pd
 
 from xlalign.calm.parse import parse_letter
-from xlalign.calm.prompts import INVALID
 from xlalign.config import Profile, derive
+from xlalign.evaluation.parse import INVALID
 
 # --------------------------------------------------------------------------- training
 

@@ -10,8 +10,9 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from xlalign.evaluation.parse import INVALID
+
 REQUIRED_COLUMNS = ("item_id", "sample_id", "lang", "pred", "correct")
-INVALID = "Invalid"
 
 
 def validate_predictions(preds: pd.DataFrame, columns=REQUIRED_COLUMNS) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from xlalign.evaluation.metrics import INVALID
+from xlalign.evaluation.parse import INVALID
 from xlalign.evaluation.scoring import (
     MODES,
     PRED_COLUMNS,

@@ -5,7 +5,7 @@ the file, line and field of bad input.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -268,24 +268,6 @@ def _require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise CorpusError(f"{path}: missing; expected {what}")
     return path
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-    """``(where, object)`` per non-blank line, where = ``<path>:<line>``."""
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CorpusError(
-                    f"{where}: malformed JSON ({exc.msg} at column {exc.colno})"
-                ) from exc
-            if not isinstance(raw, dict):
-                raise CorpusError(f"{where}: each line must be a JSON object")
-            yield where, raw
 
 
 def _read_json(path: Path) -> dict:

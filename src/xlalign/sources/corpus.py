@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +112,10 @@ def parse_record(raw: dict, where: str, lang: str) -> TopicRecord:
     )
 
 
-def read_jsonl(path: Path, lang: str) -> list[TopicRecord]:
-    records = []
+def iter_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    """``(where, object)`` per non-blank line of a JSONL file, where = ``<path>:<line>``; bad JSON and
+    non-object lines are ``CorpusError``s naming the file, line and column. The one JSONL reader of the
+    sources (prediction files have their own, which repairs a torn last line)."""
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -128,8 +131,12 @@ def read_jsonl(path: Path, lang: str) -> list[TopicRecord]:
                 ) from exc
             if not isinstance(raw, dict):
                 raise CorpusError(f"{where}: each line must be a JSON object")
-            records.append(parse_record(raw, where, lang))
-    return records
+            yield where, raw
+
+
+def read_jsonl(path: Path, lang: str) -> list[TopicRecord]:
+    """The topic records of one ``<domain>/<lang>.jsonl`` file, validated."""
+    return [parse_record(raw, where, lang) for where, raw in iter_jsonl(path)]
 
 
 def corpus_dir(path: str | Path) -> Path:

@@ -16,11 +16,10 @@ from xlalign.sources.common import (
     MCQItem,
     _get,
     _nonempty,
-    _read_jsonl,
     _require_file,
     check_languages,
 )
-from xlalign.sources.corpus import CorpusError
+from xlalign.sources.corpus import CorpusError, iter_jsonl
 
 # ----------------------------------------------------------------------------------------- X-CSQA
 
@@ -41,7 +40,7 @@ def load_xcsqa(
             root / XCSQA_DIRS[lang] / f"{split}.jsonl", f"X-CSQA {split} file for {lang!r}"
         )
         items = []
-        for where, raw in _read_jsonl(path):
+        for where, raw in iter_jsonl(path):
             qid = _nonempty(_get(raw, "id", where), where, "id")
             if raw.get("lang", XCSQA_DIRS[lang]) not in (lang, XCSQA_DIRS[lang]):
                 raise CorpusError(f"{where}: field 'lang' is {raw['lang']!r} in the {lang!r} file")
@@ -92,7 +91,7 @@ def load_medqa(path: str | Path, lang: str) -> list[MCQItem]:
     path = _require_file(Path(path), f"a MedQA {MEDQA_REGIONS[lang]} jsonl file")
     prefix = f"medqa-{MEDQA_REGIONS[lang].lower()}"
     items = []
-    for n, (where, raw) in enumerate(_read_jsonl(path)):
+    for n, (where, raw) in enumerate(iter_jsonl(path)):
         question = _nonempty(_get(raw, "question", where), where, "question")
         opts = _get(raw, "options", where)
         if not isinstance(opts, dict):

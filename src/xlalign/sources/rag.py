@@ -25,11 +25,10 @@ from xlalign.sources.common import (
     _hub_rows,
     _nonempty,
     _read_json,
-    _read_jsonl,
     _require_file,
     check_languages,
 )
-from xlalign.sources.corpus import CorpusError
+from xlalign.sources.corpus import CorpusError, iter_jsonl
 
 # ------------------------------------------------------------------------------------------ XQuAD
 
@@ -138,7 +137,7 @@ def _belebele_rows(
     candidates = [root / f"{config}.jsonl", root / "data" / f"{config}.jsonl"]
     for path in candidates:
         if path.is_file():
-            return list(_read_jsonl(path))
+            return list(iter_jsonl(path))
     raise CorpusError(
         f"{candidates[0]}: missing; expected the Belebele {config} rows "
         f"(also looked for {candidates[1]})"
@@ -297,7 +296,7 @@ def _nomiracl_rows(
         f"the NoMIRACL {config} {split}.{subset} rows, one JSON object per line "
         f"(e.g. load_dataset({source!r}, {config!r}, split='{split}.{subset}').to_json(path))",
     )
-    return list(_read_jsonl(path))
+    return list(iter_jsonl(path))
 
 
 def _passages(raw: dict, name: str, where: str) -> list[tuple[str, str, str]]:
