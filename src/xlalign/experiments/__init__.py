@@ -3,7 +3,13 @@
 ``steps`` (data, train, evaluate, tables), ``batch_alignment`` (03), ``ablations`` (05), ``generalization`` (06).
 """
 
-from xlalign.config import derive  # noqa: F401  (the one way to derive a profile)
+# What a notebook needs besides the experiments, so that notebooks import from one place.
+from xlalign.config import (
+    ALL_LANGS,  # noqa: F401, E402
+    derive,  # noqa: F401  (the one way to derive a profile)
+)
+from xlalign.evaluation.decisions import answer_skew, auroc_by_language, describe_skew  # noqa: F401, E402
+from xlalign.evaluation.predictions import evaluate_probe, load_eval_model  # noqa: F401, E402
 from xlalign.experiments.ablations import (  # noqa: F401
     ablation_batch_size,
     ablation_english,
@@ -33,4 +39,14 @@ from xlalign.experiments.steps import (  # noqa: F401
     train,
     train_and_evaluate,
     write_tables,
+)
+from xlalign.models import load_tokenizer  # noqa: F401, E402
+from xlalign.probe.build import counts_table  # noqa: F401, E402
+from xlalign.probe.dataset import build_probe_data, token_length_table  # noqa: F401, E402
+from xlalign.runs import write_json  # noqa: F401, E402
+from xlalign.sources.corpus import english_word_check, load_corpus, summary  # noqa: F401, E402
+from xlalign.training.sampling import (  # noqa: F401, E402
+    GroupedBatchSampler,
+    read_batch_logs,
+    verify_batch_log,
 )
