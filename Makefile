@@ -12,11 +12,13 @@ STAMP := $(VENV)/.xlalign-installed
 # default index would otherwise serve a CUDA torch wheel.
 PIP_EXTRA ?=
 
-.PHONY: venv reproduce test lint format lock clean-cache help gallery
+.PHONY: venv reproduce test test-fast lab lint format lock clean-cache help gallery
 
 help:
 	@echo "make reproduce [PROFILE=cpu|smoke|paper] [RUN_ID=...]  run every notebook with papermill"
 	@echo "make test                                           run the test suite (smoke profile)"
+	@echo "make test-fast                                      the suite without the slow tests (notebooks, Gemma, processes)"
+	@echo "make lab                                            JupyterLab on the project kernel, in notebooks/"
 	@echo "make gallery RUN_ID=<id>                           copy runs/<id>/figures/ours_* to figures/, redraw paper_*"
 	@echo "make lint | format | lock"
 
@@ -34,6 +36,12 @@ reproduce: venv
 
 test: venv
 	$(BIN)/python -m pytest $(ARGS)
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+lab: venv
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(ARGS)
 
 # The tracked gallery (figures/, shown in the README) changes only here: one run's ours_* figures
 # and the paper_* figures redrawn from data/paper/. Runs write their figures into runs/<id>/figures/.
