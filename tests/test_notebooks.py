@@ -12,12 +12,28 @@ from xlalign.config import load_profile
 from xlalign.pipeline import notebooks, reproduce
 
 
+def _git_status() -> str:
+    import subprocess
+
+    from xlalign.config import REPO_ROOT
+
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout if out.returncode == 0 else "not a git checkout"
+
+
 @pytest.mark.slow
 def test_all_notebooks_run_on_smoke(tmp_path, monkeypatch, cache_dir):
     monkeypatch.setenv("XLALIGN_CACHE", str(cache_dir))
     overrides = [f"run_root={tmp_path / 'runs'}"]
     profile = load_profile("smoke", overrides=overrides)
+    before = _git_status()
     run = reproduce(profile, overrides=overrides)
+    assert _git_status() == before, "a smoke reproduce changed tracked files (figures?) in the repo"
     rec = json.loads((run.path / "run.json").read_text())
     assert rec["status"] == "ok"
     for nb in notebooks():
