@@ -72,6 +72,15 @@ def _csv_values(path: Path) -> list[float]:
         return [float(r["value"]) for r in csv.DictReader(fh) if r.get("value")]
 
 
+def _column(path: Path, name: str) -> list[float]:
+    import csv
+
+    with path.open(encoding="utf-8") as fh:
+        values = [float(r[name]) for r in csv.DictReader(fh)]
+    assert values, f"{path} has no rows"
+    return values
+
+
 # What each notebook, run alone, must have recorded in its own run directory.
 STANDALONE_CHECKS = {
     "00_quickstart": lambda run: (
@@ -84,6 +93,10 @@ STANDALONE_CHECKS = {
     "03_batch_alignment": lambda run: (
         len(_csv_values(run / "tables" / "table06_08_batch_alignment.csv")) > 0
         and (run / "train" / "orpo-aligned" / "train_result.json").exists()
+        and all(
+            0 <= v <= 1
+            for v in _column(run / "tables" / "decisions_aligned_vs_uncoupled.csv", "consistency")
+        )
     ),
     "04_calm": lambda run: (
         (run / "tables" / "calm_table01_03.csv").exists()

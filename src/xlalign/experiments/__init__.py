@@ -16,6 +16,7 @@ from xlalign.experiments.ablations import (  # noqa: F401
     ablation_machine_translated,
 )
 from xlalign.experiments.batch_alignment import (  # noqa: F401
+    decisions_table,
     probe_for_method,
     training_curves,
 )

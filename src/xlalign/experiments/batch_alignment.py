@@ -65,3 +65,51 @@ def training_curves(arms: dict[tuple[str, str], TrainedArm]):
     ax.legend()
     plt.close(fig)
     return fig
+
+
+def decisions_table(
+    arms: dict[tuple[str, str], TrainedArm], base: pd.DataFrame, profile: Profile, langs: list[str]
+) -> pd.DataFrame:
+    """Per model (base and every arm), on the same held-out items: cross-lingual consistency (share of
+    samples decided the same way in every language of ``langs``), mean agreement with English, the
+    first-token-margin AUROC (pooled) and the answer skew, each share with its 95% bootstrap CI.
+
+    CALM's consistency idea applied to the first paper's probe; a model flagged ``constant`` gives one
+    answer to nearly every item, and its consistency is then trivially high.
+    """
+    from xlalign.evaluation.decisions import (
+        POOLED,
+        agreement_with_english,
+        answer_skew,
+        auroc_by_language,
+        probe_consistency,
+    )
+
+    n, seed = profile.eval.n_bootstrap, profile.seed
+    models = {"baseline": base} | {
+        results.block(method, batching): arm.preds for (method, batching), arm in arms.items()
+    }
+    rows = []
+    for name, preds in models.items():
+        preds = preds[preds["lang"].isin(langs)]
+        cons = probe_consistency(preds, langs, n_resamples=n, seed=seed)
+        agree = agreement_with_english(preds, n_resamples=n, seed=seed)
+        auroc = auroc_by_language(preds, n_resamples=n, seed=seed).set_index("lang").loc[POOLED]
+        skew = answer_skew(preds).set_index("lang").loc[POOLED]
+        rows.append(
+            {
+                "model": name,
+                "consistency": cons["share"],
+                "consistency_ci_low": cons["ci_low"],
+                "consistency_ci_high": cons["ci_high"],
+                "agreement_with_en": float(agree["share"].mean()),
+                "margin_auroc": auroc["auroc"],
+                "auroc_ci_low": auroc["ci_low"],
+                "auroc_ci_high": auroc["ci_high"],
+                "top_answer": skew["top_answer"],
+                "top_share": skew["share"],
+                "constant": bool(skew["constant"]),
+                "samples": cons["n"],
+            }
+        )
+    return pd.DataFrame(rows)
