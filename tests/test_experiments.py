@@ -77,3 +77,54 @@ def test_an_evaluation_records_the_hub_commit_it_ran_on(
     assert len(preds) == 2
     step = json.loads((run.path / "run.json").read_text())["steps"]["eval/base"]
     assert step["model_commit"] == "0123abcd" and step["items"] == 2
+
+
+def test_readings_are_built_from_the_tables():
+    import pandas as pd
+
+    from xlalign.experiments import decisions_reading, knows_vs_says_reading
+
+    says = pd.DataFrame([{"lang": "all", "auroc": 0.32, "ci_low": 0.17, "ci_high": 0.47, "n": 28}])
+    knows = pd.DataFrame(
+        [
+            {
+                "layer": 6,
+                "lang": "all",
+                "auroc": 0.77,
+                "ci_low": 0.57,
+                "ci_high": 0.93,
+                "accuracy": 0.75,
+            },
+            {
+                "layer": 9,
+                "lang": "all",
+                "auroc": 0.90,
+                "ci_low": 0.76,
+                "ci_high": 1.0,
+                "accuracy": 0.79,
+            },
+            {
+                "layer": 9,
+                "lang": "en",
+                "auroc": 0.99,
+                "ci_low": 0.9,
+                "ci_high": 1.0,
+                "accuracy": 1.0,
+            },
+        ]
+    )
+    assert knows_vs_says_reading(says, knows) == (
+        "The model says: margin AUROC 0.32 [0.17, 0.47]; it knows: probe AUROC 0.90 [0.76, 1.00] "
+        "at layer 9 (accuracy 79%), on the same 28 items."
+    )
+    row = dict(consistency_ci_low=0.5, consistency_ci_high=0.9, samples=10, constant=False)
+    decisions = pd.DataFrame(
+        [
+            {"model": "orpo_ours", "consistency": 0.7, **row},
+            {"model": "orpo_default", "consistency": 0.6, **row | {"constant": True}},
+        ]
+    )
+    assert decisions_reading(decisions, ["orpo"]) == (
+        "orpo: consistency aligned 70.0% [50.0, 90.0] vs uncoupled 60.0% [50.0, 90.0] on 10 samples"
+        " (at least one of them answers one way almost everywhere)"
+    )

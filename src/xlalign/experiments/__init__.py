@@ -16,6 +16,7 @@ from xlalign.experiments.ablations import (  # noqa: F401
     ablation_machine_translated,
 )
 from xlalign.experiments.batch_alignment import (  # noqa: F401
+    decisions_reading,
     decisions_table,
     probe_for_method,
     training_curves,
@@ -31,6 +32,7 @@ from xlalign.experiments.steps import (  # noqa: F401
     eval_subset,
     evaluate,
     knows_vs_says,
+    knows_vs_says_reading,
     load_run_profile,
     prepare_data,
     probe_layers,

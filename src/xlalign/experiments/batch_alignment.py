@@ -113,3 +113,29 @@ def decisions_table(
             }
         )
     return pd.DataFrame(rows)
+
+
+def decisions_reading(decisions: pd.DataFrame, methods: list[str]) -> str:
+    """One sentence per method from ``decisions_table``: aligned vs uncoupled consistency with CIs,
+    saying so when either model answers one way almost everywhere."""
+    by_model = decisions.set_index("model")
+    lines = []
+    for m in methods:
+        ours, default = (by_model.loc[results.block(m, b)] for b in ("aligned", "uncoupled"))
+        note = (
+            " (at least one of them answers one way almost everywhere)"
+            if ours["constant"] or default["constant"]
+            else ""
+        )
+
+        def cell(r) -> str:
+            return (
+                f"{100 * r['consistency']:.1f}% "
+                f"[{100 * r['consistency_ci_low']:.1f}, {100 * r['consistency_ci_high']:.1f}]"
+            )
+
+        lines.append(
+            f"{m}: consistency aligned {cell(ours)} vs uncoupled {cell(default)} "
+            f"on {int(ours['samples'])} samples{note}"
+        )
+    return "\n".join(lines)

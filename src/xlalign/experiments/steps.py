@@ -271,3 +271,16 @@ def knows_vs_says(
         test_items=len(test_rows),
     )
     return table
+
+
+def knows_vs_says_reading(says: pd.DataFrame, knows: pd.DataFrame) -> str:
+    """The pooled margin AUROC (what the model says) beside the best layer's probe AUROC (what it
+    knows), with CIs, as one sentence built from the two tables."""
+    best = knows[knows["lang"] == "all"].sort_values("auroc").iloc[-1]
+    said = says[says["lang"] == "all"].iloc[0]
+    return (
+        f"The model says: margin AUROC {said['auroc']:.2f} [{said['ci_low']:.2f}, "
+        f"{said['ci_high']:.2f}]; it knows: probe AUROC {best['auroc']:.2f} [{best['ci_low']:.2f}, "
+        f"{best['ci_high']:.2f}] at layer {int(best['layer'])} (accuracy "
+        f"{100 * best['accuracy']:.0f}%), on the same {int(said['n'])} items."
+    )
