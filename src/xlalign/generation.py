@@ -57,14 +57,18 @@ def greedy_generate(
     max_new_tokens: int,
     batch_size: int = 8,
     generation_kwargs: dict | None = None,
+    progress: bool = True,
 ) -> list[str]:
     """Greedy continuation of each (already rendered) prompt; returns the new text only.
 
     Prompts are tokenized like the scorer (``lm.encode``: no second BOS after a chat template),
     left-padded so every row's new tokens start at the same column, and cut at the first stop token
     (an output that starts with one is ""). ``generation_kwargs`` go to ``model.generate`` (e.g. a
-    ``logits_processor``); they cannot switch sampling back on.
+    ``logits_processor``); they cannot switch sampling back on. ``progress`` shows a ``tqdm.auto``
+    bar over prompts (a widget in Jupyter, a line on the console).
     """
+    from tqdm.auto import tqdm
+
     pad = pad_id(tokenizer)
     stop = stop_ids(model, tokenizer)
     kwargs = dict(generation_kwargs or {})
@@ -73,11 +77,16 @@ def greedy_generate(
     # about a sampling-flavoured generation_config.
     kwargs.update(temperature=None, top_p=None, top_k=None)
     out: list[str] = []
-    with eval_mode(model):
-        for batch in batches(list(prompts), batch_size):
+    prompts = list(prompts)
+    with (
+        eval_mode(model),
+        tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not progress) as bar,
+    ):
+        for batch in batches(prompts, batch_size):
             ids, mask = left_pad([encode(tokenizer, p) for p in batch], pad, input_device(model))
             gen = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
             out.extend(decode_new(tokenizer, row, stop) for row in gen[:, ids.shape[1] :].tolist())
+            bar.update(len(batch))
     return out
 
 
@@ -157,6 +166,7 @@ def sample_shared_prefill(
     batch_size: int = 8,
     top_k: int = 0,
     stats: SamplingStats | None = None,
+    progress: bool = True,
 ) -> list[list[str]]:
     """``m`` sampled continuations of each rendered prompt, each prompt encoded exactly once.
 
@@ -172,8 +182,10 @@ def sample_shared_prefill(
     ``torch.Generator`` seeded from (seed, b), so the global RNG is neither used nor disturbed.
     ``temperature <= 0`` or ``top_k == 1`` decodes greedily. Returns ``out[i][j]``: the j-th sample
     for prompt i, new text only, cut at the first stop token. ``stats`` (if given) accumulates the
-    prefill and decode counts.
+    prefill and decode counts. ``progress`` shows a ``tqdm.auto`` bar over prompts.
     """
+    from tqdm.auto import tqdm
+
     if m < 1:
         raise ValueError(f"m={m} must be >= 1")
     stats = stats if stats is not None else SamplingStats()
@@ -183,8 +195,14 @@ def sample_shared_prefill(
     stop_tensor = torch.tensor(sorted(stop) or [pad], device=device)
     t0 = time.perf_counter()
     out: list[list[str]] = []
-    with eval_mode(model):
-        for b, batch in enumerate(batches(list(prompts), batch_size)):
+    prompts = list(prompts)
+    with (
+        eval_mode(model),
+        tqdm(
+            total=len(prompts), desc=f"sampling (m={m})", unit="prompt", disable=not progress
+        ) as bar,
+    ):
+        for b, batch in enumerate(batches(prompts, batch_size)):
             gen = torch.Generator(device=device).manual_seed(_batch_seed(seed, b))
             first, mask = prefill(model, [encode(tokenizer, p) for p in batch], pad, device)
             stats.prefill_calls += 1
@@ -224,6 +242,7 @@ def sample_shared_prefill(
             )
             texts = [decode_new(tokenizer, row, stop) for row in rows]
             out.extend(texts[i * m : (i + 1) * m] for i in range(len(batch)))
+            bar.update(len(batch))
     stats.prompts += len(prompts)
     stats.samples += len(prompts) * m
     stats.wall_s += time.perf_counter() - t0

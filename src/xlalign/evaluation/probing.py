@@ -44,7 +44,12 @@ def _n_layers(model) -> int:
 
 @torch.inference_mode()
 def hidden_states(
-    model, tokenizer, rendered_prompts: Sequence[str], layers: Sequence[int], batch_size: int = 8
+    model,
+    tokenizer,
+    rendered_prompts: Sequence[str],
+    layers: Sequence[int],
+    batch_size: int = 8,
+    progress: bool = True,
 ) -> dict[int, np.ndarray]:
     """The hidden state at each prompt's last token, per requested layer: {layer: (n, d) float32}.
 
@@ -53,8 +58,10 @@ def hidden_states(
     Gemma already passed through the final norm. Prompts are encoded as in scoring mode
     (``lm.encode``) and left-padded with an attention mask and position ids that count real tokens
     only, so padding does not change a prompt's states; one forward per batch serves every layer,
-    with logits for the last position only.
+    with logits for the last position only. ``progress`` shows a ``tqdm.auto`` bar over prompts.
     """
+    from tqdm.auto import tqdm
+
     lm = _lm()
     layers = [int(x) for x in layers]
     n_layers = _n_layers(model)
@@ -67,7 +74,10 @@ def hidden_states(
     pad = lm.pad_id(tokenizer)
     device = lm.input_device(model)
     out: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
-    with lm.eval_mode(model):
+    with (
+        lm.eval_mode(model),
+        tqdm(total=len(prompts), desc="hidden states", unit="prompt", disable=not progress) as bar,
+    ):
         for batch in lm.batches(prompts, batch_size):
             encoded = [lm.encode(tokenizer, p) for p in batch]
             empty = [i for i, ids in enumerate(encoded) if not ids]
@@ -85,6 +95,7 @@ def hidden_states(
             for layer in layers:
                 # left padding: every prompt's last real token sits in the last column
                 out[layer].append(res.hidden_states[layer][:, -1].float().cpu().numpy())
+            bar.update(len(batch))
     return {layer: np.concatenate(chunks, axis=0) for layer, chunks in out.items()}
 
 

@@ -87,7 +87,7 @@ def answer_tokens(tokenizer, rendered_prompt: str) -> tuple[list[int], list[int]
 
 @torch.inference_mode()
 def score_prompts(
-    model, tokenizer, rendered_prompts: Sequence[str], batch_size: int = 8
+    model, tokenizer, rendered_prompts: Sequence[str], batch_size: int = 8, progress: bool = False
 ) -> list[dict]:
     """Decide each prompt by the first-token log-probs of the two answers; also score whole answers.
 
@@ -101,13 +101,23 @@ def score_prompts(
     ``logp_full_absent`` (sum of token log-probs of the whole answer string, without EOS). Where
     a first-token log-prob is NaN or infinite, ``pred`` is Invalid, ``fault`` says why and the
     non-finite scores are None.
+
+    ``progress`` shows a ``tqdm.auto`` bar over prompts; off by default because
+    ``predictions.evaluate_probe`` calls this once per batch under its own per-item bar.
     """
+    from tqdm.auto import tqdm
+
     pad = pad_id(tokenizer)
     results: list[dict] = []
-    with eval_mode(model):
-        for batch in batches(list(rendered_prompts), batch_size):
+    prompts = list(rendered_prompts)
+    with (
+        eval_mode(model),
+        tqdm(total=len(prompts), desc="scoring", unit="prompt", disable=not progress) as bar,
+    ):
+        for batch in batches(prompts, batch_size):
             splits = [answer_tokens(tokenizer, p) for p in batch]
             results.extend(_score_batch(model, splits, pad))
+            bar.update(len(batch))
     return results
 
 
@@ -206,7 +216,13 @@ def generate_prompts(
     ``generation_kwargs`` go to ``model.generate`` (e.g. a ``logits_processor``); they cannot switch
     sampling back on.
     """
-    texts = greedy_generate(
-        model, tokenizer, rendered_prompts, max_new_tokens, batch_size, generation_kwargs
+    texts = greedy_generate(  # evaluate_probe shows the per-item bar; none per batch here
+        model,
+        tokenizer,
+        rendered_prompts,
+        max_new_tokens,
+        batch_size,
+        generation_kwargs,
+        progress=False,
     )
     return [{"raw": raw, "pred": parse_nomiracl(raw)} for raw in texts]
