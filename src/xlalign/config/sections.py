@@ -23,6 +23,7 @@ from xlalign.config.values import (
     OrpoNllScope,
     Overlong,
     PreferenceMethod,
+    ProbeSource,
     PromptFormat,
     Quantization,
     TrainMethod,
@@ -75,6 +76,12 @@ class LoraSection:
 
 @dataclass
 class DataSection:
+    # corpus: the shipped corpus (corpus_dir); xquad | belebele | nomiracl through xlalign.sources.rag
+    source: ProbeSource = "corpus"
+    # xquad: folder of xquad.<lang>.json (required). belebele / nomiracl: a local copy in the hub's
+    # file layout; null reads the hub (source_revision pins its commit)
+    source_dir: str | None = None
+    source_revision: str | None = None
     corpus_dir: str = "data/corpus"
     train_langs: list[str] = field(default_factory=lambda: list(TRAIN_LANGS))
     unseen_langs: list[str] = field(default_factory=lambda: list(UNSEEN_LANGS))
@@ -105,6 +112,23 @@ class DataSection:
             raise ConfigError(
                 f"data: {sorted(overlap)} cannot be both training and unseen languages"
             )
+        if self.source != "corpus":
+            # Checked with the profile, so a missing language stops a run before any model loads.
+            from xlalign.sources.common import SUPPORTED_LANGS, unavailable_languages
+
+            langs = self.train_langs + self.unseen_langs + self.mt_langs
+            missing = unavailable_languages(self.source, langs)
+            if missing:
+                raise ConfigError(
+                    f"data.source={self.source} has no data for language(s) {', '.join(missing)} "
+                    f"asked for by data.train_langs/unseen_langs/mt_langs; it has: "
+                    f"{' '.join(sorted(SUPPORTED_LANGS[self.source]))}"
+                )
+            if self.source == "xquad" and not self.source_dir:
+                raise ConfigError(
+                    "data.source=xquad needs data.source_dir: the folder of xquad.<lang>.json "
+                    "files (github.com/google-deepmind/xquad)"
+                )
 
 
 @dataclass

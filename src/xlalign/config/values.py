@@ -31,6 +31,7 @@ Quantization = Literal["none", "nf4"]  # nf4: QLoRA, 4-bit NF4, double-quantized
 PromptFormat = Literal["auto", "plain", "chat"]  # auto: chat template if the tokenizer has one
 AttnImplementation = Literal["sdpa", "eager"]
 Overlong = Literal["refuse", "drop_group"]  # what to do when a prompt exceeds max_prompt_tokens
+ProbeSource = Literal["corpus", "xquad", "belebele", "nomiracl"]  # the probe's passages
 TrainMethod = Literal["dpo", "orpo", "sft"]
 PreferenceMethod = Literal["dpo", "orpo"]
 Batching = Literal["aligned", "uncoupled", "clustered"]
