@@ -393,3 +393,86 @@ def write_json(path: Path, data: Any, overwrite: bool = False) -> Path:
     tmp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False))
     tmp.replace(path)
     return path
+
+
+# --------------------------------------------------------------------------- the profile's current run
+
+CURRENT_SUFFIX = "-current"
+
+
+def current_link(run_root: str | Path, profile_name: str) -> Path:
+    """``<run_root>/<profile>-current``: a symlink to the run the profile's notebooks last opened."""
+    root = Path(run_root)
+    if not root.is_absolute():
+        root = REPO_ROOT / root
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", profile_name)
+    return root / f"{safe}{CURRENT_SUFFIX}"
+
+
+def current_run_dir(profile: Profile) -> Path | None:
+    """The run directory ``<profile>-current`` points at, or None when there is none (or it holds no
+    ``run.json`` any more, e.g. after the run was deleted)."""
+    link = current_link(profile.run_root, profile.name)
+    if not link.is_symlink():
+        return None
+    target = link.resolve()
+    return target if (target / "run.json").exists() else None
+
+
+def set_current(profile: Profile, run_path: Path) -> Path:
+    """Point ``<parent of run_path>/<profile>-current`` at ``run_path`` (a relative symlink, replaced
+    atomically), so the next notebook of this profile opened without ``RUN_DIR`` finds it."""
+    run_path = Path(run_path).resolve()
+    link = current_link(run_path.parent, profile.name)
+    if link.exists() and not link.is_symlink():
+        raise FileExistsError(f"{link} exists and is not a symlink; move it away")
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_path.name)
+    tmp.replace(link)
+    return link
+
+
+def _fresh_run_dir(profile: Profile) -> Path:
+    """``<run_root>/<new run id>``, with ``-2``, ``-3``, ... when a run started in the same second."""
+    root = Path(profile.run_root)
+    root = root if root.is_absolute() else REPO_ROOT / root
+    base = root / new_run_id(profile)
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def open_run(profile: Profile, run_dir: str | Path = "") -> Run:
+    """The run a notebook writes into. ``run_dir`` pins one (resumed if it exists). Without it, the
+    profile's current run (``<run_root>/<profile>-current``) is resumed, so notebooks of one profile
+    share their results; a new run starts when there is none, or when the current one was started with
+    another configuration (the changed keys are printed). Either way the link then points at the run
+    opened here: ``make reproduce``'s notebooks move it to the reproduce run.
+
+    The run lock holds as for ``start_run``: while another process (another notebook's kernel, a
+    running ``make reproduce``) has the run open, ``RunLockedError`` says which and what to do.
+    """
+    if run_dir:
+        run = start_run(profile, run_dir, resume=True)
+    else:
+        current = current_run_dir(profile)
+        run = None
+        if current is not None:
+            try:
+                run = start_run(profile, current, resume=True)
+            except RunLockedError as exc:
+                link = current_link(profile.run_root, profile.name).name
+                raise RunLockedError(
+                    f"{exc}. It is this profile's current run ({link}): "
+                    "shut down the other notebook's kernel (Kernel > Shut Down Kernel) or wait for "
+                    "`make reproduce` to finish, or set RUN_DIR to another run directory"
+                ) from None
+            except RunMismatchError as exc:
+                print(f"[xlalign] not resuming the current run: {exc}; starting a new one")
+        if run is None:
+            run = start_run(profile, _fresh_run_dir(profile))
+    set_current(profile, run.path)
+    return run

@@ -192,12 +192,11 @@ def load_run_profile(
     run_dir: str | Path, name: str, overrides: list[str] = ()
 ) -> tuple[Profile, Run]:
     """The profile (with overrides) and the run directory it writes into: ``run_dir`` resumes that
-    run, "" starts a new one."""
-    from xlalign.runs import start_run
+    run, "" the profile's current one (``runs.open_run``: ``runs/<profile>-current``)."""
+    from xlalign.runs import open_run
 
     profile = load_profile(name, overrides=list(overrides))
-    run = start_run(profile, run_dir or None, resume=True) if run_dir else start_run(profile)
-    return profile, run
+    return profile, open_run(profile, run_dir)
 
 
 def setup(
