@@ -19,86 +19,118 @@ from xlalign.experiments.steps import (
 from xlalign.probe.dataset import ProbeData, build_probe_data
 from xlalign.runs import Run
 
+# C.2: "repeat the experiments ... with ORPO only" (Table 11, Fig. 5).
+MT_METHOD = "orpo"
 
-def _ablation_profile(profile: Profile, overlays: list[str], **extra) -> Profile:
+
+def _label(label: str, method: str) -> str:
+    # Ablations run once per method, so their run labels carry it (results.py's ablation labels
+    # predate the second method and take none).
+    return f"{label}-{method}"
+
+
+def _ablation_profile(
+    profile: Profile, overlays: list[str], method: str | None = None, **extra
+) -> Profile:
+    """``profile`` with ``overlays``, ``method`` (default: the first of experiments.ablation_methods)
+    and the ablations' step budget."""
     steps = profile.experiments.ablation_max_steps
-    train = {"method": profile.experiments.ablation_method, **extra}
+    train_ = {"method": method or profile.experiments.ablation_methods[0], **extra}
     if steps and steps > 0:
-        train["max_steps"] = steps
-    return derive(profile, overlays, train=train)
+        train_["max_steps"] = steps
+    return derive(profile, overlays, train=train_)
+
+
+def _rest_avg_cell(tidy: pd.DataFrame, block: str, model: str, column: str, source: str) -> dict:
+    row = tidy.loc[tidy["column"] == source].iloc[0]
+    cell = {k: float(row[k]) for k in ("value", "ci_low", "ci_high")}
+    base = {"table": "ours_t12_13", "block": block, "model": model, "column": column}
+    return base | {"delta": float("nan")} | cell
 
 
 def ablation_batch_size(profile: Profile, run: Run, data: ProbeData) -> dict:
-    """Rest (avg.) of aligned training at each batch size (C.3); uncoupled at the largest as the default."""
+    """Aligned training at each batch size (C.3) and uncoupled at the largest as the default, for
+    each of experiments.ablation_methods (Table 12: DPO, Table 13: ORPO).
+
+    ``table`` is Tables 12/13's layout: one block per method, ``english`` and ``rest_avg`` of the
+    uncoupled default, ``bs_N`` = Rest (avg.) of aligned training at batch size N, each with its
+    95% CI (Fig. 6 draws the same frame, ``figure_data``). ``detail`` holds every run's per-language
+    table (blocks ``<method>_bs_N`` and ``<method>_default``); ``preds[method][N]`` and
+    ``default[method]`` the predictions.
+    """
     langs = profile.data.train_langs
     rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
-    method = profile.experiments.ablation_method
     name = profile.model.name
-    cells, preds = [], {}
-    for b in profile.experiments.batch_sizes:
-        p = _ablation_profile(profile, [f"batch_size_{b}"])
-        info = train(p, run, results.batch_size(b), data)
-        preds[b] = evaluate(p, run, adapter_label(info), rows, adapter_dir=info.adapter_dir)
-        tidy = probe_tidy(preds[b], "ours_t12_13", f"bs_{b}", name, langs, profile)
-        cells.append(tidy.assign(batch_size=b))
     top = max(profile.experiments.batch_sizes)
-    pd_ = _ablation_profile(profile, [f"batch_size_{top}", "uncoupled"])
-    info = train(pd_, run, results.batch_size(top, uncoupled=True), data)
-    default = evaluate(pd_, run, adapter_label(info), rows, adapter_dir=info.adapter_dir)
-    default_tidy = probe_tidy(
-        default, "ours_t12_13", results.block(method, "uncoupled"), name, langs, profile
-    )
-    table = pd.concat(cells + [default_tidy], ignore_index=True)
-
-    # Figure 6 layout: one block per method, bs_N columns = Rest (avg.) at batch size N with its 95% CI,
-    # rest_avg = the uncoupled default's.
-    def rest_avg(tidy: pd.DataFrame, column: str) -> dict:
-        row = tidy.loc[tidy["column"] == "rest_avg"].iloc[0]
-        cell = {k: float(row[k]) for k in ("value", "ci_low", "ci_high")}
-        return {"table": "ours_t12_13", "block": method, "model": name, "column": column} | cell
-
-    fig_rows = [
-        rest_avg(c, f"bs_{c['batch_size'].iloc[0]}") for c in cells if c["batch_size"].iloc[0] >= 2
-    ]
-    fig_rows.append(rest_avg(default_tidy, "rest_avg"))
+    detail, layout, preds, defaults = [], [], {}, {}
+    for method in profile.experiments.ablation_methods:
+        preds[method] = {}
+        for b in profile.experiments.batch_sizes:
+            p = _ablation_profile(profile, [f"batch_size_{b}"], method)
+            info = train(p, run, _label(results.batch_size(b), method), data)
+            preds[method][b] = evaluate(
+                p, run, adapter_label(info), rows, adapter_dir=info.adapter_dir
+            )
+            tidy = probe_tidy(
+                preds[method][b], "ours_t12_13", f"{method}_bs_{b}", name, langs, profile
+            )
+            detail.append(tidy.assign(batch_size=b))
+            if b >= 2:  # batch size 1 is English only: Tables 12/13 start at BS = 2
+                layout.append(_rest_avg_cell(tidy, method, name, f"bs_{b}", "rest_avg"))
+        p = _ablation_profile(profile, [f"batch_size_{top}", "uncoupled"], method)
+        info = train(p, run, _label(results.batch_size(top, uncoupled=True), method), data)
+        defaults[method] = evaluate(p, run, adapter_label(info), rows, adapter_dir=info.adapter_dir)
+        block = results.block(method, "uncoupled")
+        tidy = probe_tidy(defaults[method], "ours_t12_13", block, name, langs, profile)
+        detail.append(tidy.assign(batch_size=top))
+        for column in ("english", "rest_avg"):
+            layout.append(_rest_avg_cell(tidy, method, name, column, column))
+    table = pd.DataFrame(layout)
     return {
         "table": table,
-        "figure_data": pd.DataFrame(fig_rows),
+        "figure_data": table,
+        "detail": pd.concat(detail, ignore_index=True),
         "preds": preds,
-        "default": default,
+        "default": defaults,
     }
 
 
 def ablation_english(profile: Profile, run: Run, data: ProbeData, batch_size_result: dict) -> dict:
-    """Aligned batches without English (C.1) against the with-English run of the same step budget."""
+    """Aligned batches without English (C.1) against the with-English run of the same step budget
+    (the batch-size ablation's largest batch), for each of experiments.ablation_methods (Table 9:
+    DPO, Table 10: ORPO; Fig. 4 draws both)."""
     langs = profile.data.train_langs
     rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
-    method = profile.experiments.ablation_method
     name = profile.model.name
     others = [lang for lang in profile.data.train_langs if lang != "en"]
-    p = _ablation_profile(profile, ["no_english"], batch_size=len(others))
-    info = train(p, run, results.NO_ENGLISH, data)
-    without = evaluate(p, run, adapter_label(info), rows, adapter_dir=info.adapter_dir)
-    with_en = batch_size_result["preds"][max(batch_size_result["preds"])]
-    table = pd.concat(
-        [
+    frames, tests = [], []
+    for method in profile.experiments.ablation_methods:
+        p = _ablation_profile(profile, ["no_english"], method, batch_size=len(others))
+        info = train(p, run, _label(results.NO_ENGLISH, method), data)
+        without = evaluate(p, run, adapter_label(info), rows, adapter_dir=info.adapter_dir)
+        with_en = batch_size_result["preds"][method][max(batch_size_result["preds"][method])]
+        frames += [
             probe_tidy(with_en, "ours_t09_10", f"with_english_{method}", name, langs, profile),
             probe_tidy(without, "ours_t09_10", f"without_english_{method}", name, langs, profile),
-        ],
-        ignore_index=True,
-    )
-    return {
-        "table": table,
-        "figure_data": table,
-        "mcnemar": compare(without, with_en, profile.eval.alpha),
-    }
+        ]
+        tests.append(compare(without, with_en, profile.eval.alpha).assign(method=method))
+    table = pd.concat(frames, ignore_index=True)
+    return {"table": table, "figure_data": table, "mcnemar": pd.concat(tests)}
+
+
+def mt_method(profile: Profile) -> str:
+    """The machine-translation ablation's method: ORPO as in C.2 where the profile ablates it."""
+    methods = profile.experiments.ablation_methods
+    return MT_METHOD if MT_METHOD in methods else methods[0]
 
 
 def ablation_machine_translated(profile: Profile, run: Run) -> dict:
-    """Train on English + machine-translated th/vi/hu/ro (C.2), aligned vs uncoupled, test on the shipped
-    human translations; the baseline is the untrained model on the same items."""
+    """Train on the profile's training languages + machine-translated th/vi/hu/ro at batch size 7
+    (C.2, Table 11), aligned vs uncoupled, test English and th/vi/hu/ro on the shipped human
+    translations; the baseline is the untrained model on the same items."""
     name = profile.model.name
-    p_al = _ablation_profile(profile, ["machine_translated"])
+    method = mt_method(profile)
+    p_al = _ablation_profile(profile, ["machine_translated"], method)
     data = build_probe_data(p_al, _tokenizer(p_al))
     langs = ["en"] + p_al.data.mt_langs
     rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
@@ -106,9 +138,8 @@ def ablation_machine_translated(profile: Profile, run: Run) -> dict:
     out = {}
     for batching in ("uncoupled", "aligned"):
         p = derive(p_al, train={"batching": batching})
-        info = train(p, run, results.machine_translated(batching), data)
+        info = train(p, run, _label(results.machine_translated(batching), method), data)
         out[batching] = evaluate(p, run, adapter_label(info), rows, adapter_dir=info.adapter_dir)
-    method = profile.experiments.ablation_method
     default = probe_tidy(
         out["uncoupled"], "ours_t11", results.block(method, "uncoupled"), name, langs, profile
     )
@@ -128,7 +159,13 @@ def ablation_machine_translated(profile: Profile, run: Run) -> dict:
         ],
         ignore_index=True,
     )
-    return {"table": table, "figure_data": table, "translator": p_al.data.translator}
+    return {
+        "table": table,
+        "figure_data": table,
+        "translator": p_al.data.translator,
+        "batch_size": p_al.train.batch_size,
+        "train_langs": p_al.data.train_langs + p_al.data.mt_langs,
+    }
 
 
 def _tokenizer(profile: Profile):

@@ -15,6 +15,21 @@ from xlalign.experiments.steps import probe_tidy
 from xlalign.results import TrainedArm
 
 
+def arm_profiles(profile: Profile) -> dict[tuple[str, str], tuple[str, Profile]]:
+    """Notebook 03's training runs: (method, batching) -> (label, profile), uncoupled then aligned for
+    every method in ``experiments.methods`` (also what the dry-run plan and the estimate count)."""
+    from xlalign.config import derive
+
+    return {
+        (method, batching): (
+            results.arm(method, batching),
+            derive(profile, train={"method": method, "batching": batching}),
+        )
+        for method in profile.experiments.methods
+        for batching in ("uncoupled", "aligned")
+    }
+
+
 def probe_for_method(
     arms: dict[tuple[str, str], TrainedArm],
     baseline: pd.DataFrame,

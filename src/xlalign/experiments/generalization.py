@@ -27,17 +27,37 @@ def _method(profile: Profile) -> str:
     return "orpo" if "orpo" in profile.experiments.methods else profile.experiments.methods[0]
 
 
+def aligned_arm_profile(profile: Profile) -> tuple[str, Profile]:
+    """The label and profile of notebook 03's aligned arm, which notebook 06 evaluates."""
+    method = _method(profile)
+    return results.arm(method, "aligned"), derive(
+        profile, train={"method": method, "batching": "aligned"}
+    )
+
+
+def benchmark_tasks(profile: Profile) -> tuple[list[str], str | None, int | None]:
+    """What ``out_of_domain`` runs: (lm-eval task names, include path or None, per-task limit)."""
+    from xlalign.evaluation import benchmarks
+
+    if profile.experiments.benchmarks:
+        tasks, include = list(profile.experiments.benchmarks), None
+    else:
+        tasks = benchmarks.paper_task_names(
+            list(benchmarks.LOCAL_TASKS), ["en", "es"], registry=benchmarks.LOCAL_TASKS
+        )
+        include = str(benchmarks.LOCAL_TASKS_DIR)
+    return tasks, include, profile.experiments.benchmark_limit or None
+
+
 def aligned_arm(profile: Profile, run: Run) -> TrainResult:
     """Notebook 03's aligned adapter: read from the run, or trained now (the same configuration and
     label as notebook 03's, so notebook 03 then reuses it) when this notebook runs on its own."""
     from xlalign.models import load_tokenizer
 
-    method = _method(profile)
-    label = results.arm(method, "aligned")
+    label, p = aligned_arm_profile(profile)
     done = run.path / "train" / label / "train_result.json"
     if done.exists():
         return TrainResult.from_dict(json.loads(done.read_text()))
-    p = derive(profile, train={"method": method, "batching": "aligned"})
     print(
         f"[xlalign] {label} (notebook 03's aligned arm) is not in {run.path}: training it now, "
         f"{p.train.max_steps if p.train.max_steps > 0 else 'all'} steps of batch {p.train.batch_size}"
@@ -82,14 +102,7 @@ def out_of_domain(profile: Profile, run: Run) -> pd.DataFrame:
 
     method = _method(profile)
     adapter = aligned_arm(profile, run).adapter_dir
-    if profile.experiments.benchmarks:
-        tasks, include = list(profile.experiments.benchmarks), None
-    else:
-        tasks = benchmarks.paper_task_names(
-            list(benchmarks.LOCAL_TASKS), ["en", "es"], registry=benchmarks.LOCAL_TASKS
-        )
-        include = str(benchmarks.LOCAL_TASKS_DIR)
-    limit = profile.experiments.benchmark_limit or None
+    tasks, include, limit = benchmark_tasks(profile)
     frames = []
     for label, adapter_dir in (
         ("baseline", None),
