@@ -8,7 +8,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from xlalign.config.values import (
     TRAIN_LANGS,
@@ -290,6 +290,10 @@ class Profile:
     run_root: str = "runs"
     cache_dir: str = ""  # empty: $XLALIGN_CACHE or ~/.cache/xlalign
     accelerate_config: str = ""  # configs/accelerate/*.yaml for multi-process runs
+    # Training processes: 0 as accelerate_config says (1 without one); N: N processes; "auto": the
+    # config's number, capped at the GPUs found at launch. More than 1: training runs through
+    # `accelerate launch` (xlalign.training.launch); 1 trains in the calling process.
+    num_processes: int | Literal["auto"] = 0
     model: ModelSection = field(default_factory=ModelSection)
     lora: LoraSection = field(default_factory=LoraSection)
     data: DataSection = field(default_factory=DataSection)
@@ -300,6 +304,8 @@ class Profile:
 
     def __post_init__(self) -> None:
         _at_least(self.seed, 0, "seed")
+        if self.num_processes != "auto":
+            _at_least(self.num_processes, 0, "num_processes", " (0: as accelerate_config says)")
         # "clustered" batches (CALM's pairs) hold rows of one question, not one row per language.
         n_langs = len(self.data.train_langs) + len(self.data.mt_langs)
         if self.train.batching != "clustered" and self.train.batch_size > n_langs:
