@@ -48,6 +48,47 @@ def _rest_avg_cell(tidy: pd.DataFrame, block: str, model: str, column: str, sour
     return base | {"delta": float("nan")} | cell
 
 
+def batch_size_runs(profile: Profile, method: str) -> dict[int | str, tuple[str, Profile]]:
+    """The training runs ``ablation_batch_size`` performs for ``method``: batch size -> (label,
+    profile), aligned at every size in ``experiments.batch_sizes``, then ``"default"``: uncoupled at
+    the largest (also what the dry-run plan and the time estimate count)."""
+    top = max(profile.experiments.batch_sizes)
+    runs: dict[int | str, tuple[str, Profile]] = {
+        b: (
+            _label(results.batch_size(b), method),
+            _ablation_profile(profile, [f"batch_size_{b}"], method),
+        )
+        for b in profile.experiments.batch_sizes
+    }
+    runs["default"] = (
+        _label(results.batch_size(top, uncoupled=True), method),
+        _ablation_profile(profile, [f"batch_size_{top}", "uncoupled"], method),
+    )
+    return runs
+
+
+def english_run(profile: Profile, method: str) -> tuple[str, Profile]:
+    """The training run ``ablation_english`` adds for ``method``: aligned batches without English."""
+    others = [lang for lang in profile.data.train_langs if lang != "en"]
+    p = _ablation_profile(profile, ["no_english"], method, batch_size=len(others))
+    return _label(results.NO_ENGLISH, method), p
+
+
+def machine_translated_runs(profile: Profile) -> tuple[Profile, dict[str, tuple[str, Profile]]]:
+    """``ablation_machine_translated``'s data profile and its training runs: batching -> (label,
+    profile), uncoupled then aligned."""
+    method = mt_method(profile)
+    p_al = _ablation_profile(profile, ["machine_translated"], method)
+    runs = {
+        batching: (
+            _label(results.machine_translated(batching), method),
+            derive(p_al, train={"batching": batching}),
+        )
+        for batching in ("uncoupled", "aligned")
+    }
+    return p_al, runs
+
+
 def ablation_batch_size(profile: Profile, run: Run, data: ProbeData) -> dict:
     """Aligned training at each batch size (C.3) and uncoupled at the largest as the default, for
     each of experiments.ablation_methods (Table 12: DPO, Table 13: ORPO).
@@ -65,9 +106,10 @@ def ablation_batch_size(profile: Profile, run: Run, data: ProbeData) -> dict:
     detail, layout, preds, defaults = [], [], {}, {}
     for method in profile.experiments.ablation_methods:
         preds[method] = {}
+        runs = batch_size_runs(profile, method)
         for b in profile.experiments.batch_sizes:
-            p = _ablation_profile(profile, [f"batch_size_{b}"], method)
-            info = train(p, run, _label(results.batch_size(b), method), data)
+            label, p = runs[b]
+            info = train(p, run, label, data)
             preds[method][b] = evaluate(
                 p, run, adapter_label(info), rows, adapter_dir=info.adapter_dir
             )
@@ -77,8 +119,8 @@ def ablation_batch_size(profile: Profile, run: Run, data: ProbeData) -> dict:
             detail.append(tidy.assign(batch_size=b))
             if b >= 2:  # batch size 1 is English only: Tables 12/13 start at BS = 2
                 layout.append(_rest_avg_cell(tidy, method, name, f"bs_{b}", "rest_avg"))
-        p = _ablation_profile(profile, [f"batch_size_{top}", "uncoupled"], method)
-        info = train(p, run, _label(results.batch_size(top, uncoupled=True), method), data)
+        label, p = runs["default"]
+        info = train(p, run, label, data)
         defaults[method] = evaluate(p, run, adapter_label(info), rows, adapter_dir=info.adapter_dir)
         block = results.block(method, "uncoupled")
         tidy = probe_tidy(defaults[method], "ours_t12_13", block, name, langs, profile)
@@ -102,11 +144,10 @@ def ablation_english(profile: Profile, run: Run, data: ProbeData, batch_size_res
     langs = profile.data.train_langs
     rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
     name = profile.model.name
-    others = [lang for lang in profile.data.train_langs if lang != "en"]
     frames, tests = [], []
     for method in profile.experiments.ablation_methods:
-        p = _ablation_profile(profile, ["no_english"], method, batch_size=len(others))
-        info = train(p, run, _label(results.NO_ENGLISH, method), data)
+        label, p = english_run(profile, method)
+        info = train(p, run, label, data)
         without = evaluate(p, run, adapter_label(info), rows, adapter_dir=info.adapter_dir)
         with_en = batch_size_result["preds"][method][max(batch_size_result["preds"][method])]
         frames += [
@@ -130,15 +171,14 @@ def ablation_machine_translated(profile: Profile, run: Run) -> dict:
     translations; the baseline is the untrained model on the same items."""
     name = profile.model.name
     method = mt_method(profile)
-    p_al = _ablation_profile(profile, ["machine_translated"], method)
+    p_al, runs = machine_translated_runs(profile)
     data = build_probe_data(p_al, _tokenizer(p_al))
     langs = ["en"] + p_al.data.mt_langs
     rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
     base = evaluate(profile, run, results.baseline_mt(name), rows)
     out = {}
-    for batching in ("uncoupled", "aligned"):
-        p = derive(p_al, train={"batching": batching})
-        info = train(p, run, _label(results.machine_translated(batching), method), data)
+    for batching, (label, p) in runs.items():
+        info = train(p, run, label, data)
         out[batching] = evaluate(p, run, adapter_label(info), rows, adapter_dir=info.adapter_dir)
     default = probe_tidy(
         out["uncoupled"], "ours_t11", results.block(method, "uncoupled"), name, langs, profile
