@@ -17,6 +17,8 @@ CONFIG_DIR = REPO_ROOT / "configs"
 TRAIN_LANGS = ["en", "ar", "es", "fr", "ja", "pt", "zh"]
 UNSEEN_LANGS = ["th", "vi", "hu", "ro"]
 ALL_LANGS = TRAIN_LANGS + UNSEEN_LANGS
+# CALM may also use X-CSQA's German and Italian (its Table 10 evaluates them).
+CALM_LANGS = ALL_LANGS + ["de", "it"]
 
 
 class ConfigError(ValueError):
@@ -39,6 +41,10 @@ LrScheduler = Literal["linear", "cosine", "constant"]
 OrpoNllScope = Literal["full", "completion"]  # full: TRL stock (chosen prompt+response)
 EvalMode = Literal["scoring", "generation"]
 CalmBatching = Literal["shuffled", "aligned"]
+# CALM's question sets: the shipped corpus's passage MCQs (cpu/smoke stand-in), X-CSQA and MedQA (the
+# paper's), MGSM (numeric answers; beyond the paper).
+CalmTask = Literal["corpus_mcq", "xcsqa", "medqa", "mgsm"]
+CalmEvalDecoding = Literal["greedy", "sample"]  # sample: calm.temperature and calm.top_p (Table 6)
 
 # Optimizers accepted without importing transformers (its import takes seconds); any other name is
 # checked against the installed ``transformers.training_args.OptimizerNames``, which is the definition
@@ -117,11 +123,11 @@ def _between(value: float, low: float, high: float, key: str, *, high_open: bool
         raise ConfigError(f"{key}={value} must be in [{low}, {high}{bracket}")
 
 
-def _langs(langs: list[str], key: str) -> None:
+def _langs(langs: list[str], key: str, known: list[str] = ALL_LANGS) -> None:
     for lang in langs:
-        if lang not in ALL_LANGS:
+        if lang not in known:
             raise ConfigError(
-                f"{key}: unknown language code {lang!r}; known codes: {' '.join(ALL_LANGS)}"
+                f"{key}: unknown language code {lang!r}; known codes: {' '.join(known)}"
             )
 
 
