@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from xlalign.config.values import (
+    CALM_LANGS,
     TRAIN_LANGS,
     UNSEEN_LANGS,
     AttnImplementation,
     Batching,
     CalmBatching,
+    CalmEvalDecoding,
+    CalmTask,
     ConfigError,
     Dtype,
     EvalMode,
@@ -214,8 +217,17 @@ def calm_train_defaults() -> TrainSection:
 
 @dataclass
 class CalmSection:
+    # The question sets run_calm resolves when no items are passed, each in its own run (several:
+    # calm/<task>/). corpus_mcq: the shipped corpus (cpu/smoke); the paper: xcsqa and medqa.
+    tasks: list[CalmTask] = field(default_factory=lambda: ["corpus_mcq"])
+    # Public data root, laid out as xcsqa/<lang>/dev.jsonl, medqa/{US,Mainland}/<medqa_split>.jsonl,
+    # mgsm/mgsm_<lang>.tsv (the releases' own layouts).
+    data_dir: str = "data/public"
+    medqa_split: str = "test"  # the MedQA file each bank is read from; questions are split by us
+    medqa_eval_langs: list[str] = field(default_factory=list)  # empty: calm.eval_langs
     train_langs: list[str] = field(default_factory=lambda: ["en", "fr", "zh"])
     eval_langs: list[str] = field(default_factory=lambda: ["en", "fr", "zh", "es", "ja", "pt"])
+    eval_decoding: CalmEvalDecoding = "greedy"  # sample: T and top_p below, as Table 6
     num_samples: int = 3  # m
     temperature: float = 1.0
     top_p: float = 0.9
@@ -235,12 +247,15 @@ class CalmSection:
         "shuffled"  # shuffled | aligned (beyond the paper: one question's pairs per batch)
     )
     max_questions: int = 0  # 0: every question
-    incremental: bool = True  # Table 10: add training languages one at a time
+    incremental: bool = True  # Table 10: train sequentially, adding one training language a step
 
     def __post_init__(self) -> None:
         _check_fields(self, "calm")
-        _langs(self.train_langs, "calm.train_langs")
-        _langs(self.eval_langs, "calm.eval_langs")
+        _langs(self.train_langs, "calm.train_langs", CALM_LANGS)
+        _langs(self.eval_langs, "calm.eval_langs", CALM_LANGS)
+        _langs(self.medqa_eval_langs, "calm.medqa_eval_langs", CALM_LANGS)
+        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"calm.tasks={self.tasks} must name each task once, at least one")
         if not self.train_langs or not self.eval_langs:
             raise ConfigError(
                 "calm.train_langs and calm.eval_langs must name at least one language"
