@@ -183,7 +183,7 @@ def test_the_choices_are_the_literal_annotations():
         "eval.mode",
         "calm.batching",
         "experiments.methods",
-        "experiments.ablation_method",
+        "experiments.ablation_methods",
     }
 
 
@@ -287,8 +287,12 @@ def test_invalid_values_are_rejected_naming_key_and_range(override, message):
 def test_batch_sizes_are_bounded_by_the_profiles_training_languages():
     with pytest.raises(ConfigError, match=r"experiments.batch_sizes: 4 is not in 1..3"):
         load_profile("smoke", overrides=["experiments.batch_sizes=[1, 4]"])
-    mt = load_profile("cpu", overlays=["machine_translated"])  # en + four MT languages
-    assert mt.experiments.batch_sizes == [1, 5]
+    # Table 11 trains at batch size 7: the profile's training languages plus four MT languages.
+    mt = load_profile("cpu", overlays=["machine_translated"])
+    assert mt.train.batch_size == 7 and mt.data.mt_langs == ["th", "vi", "hu", "ro"]
+    assert mt.data.train_langs == load_profile("cpu").data.train_langs
+    smoke_mt = load_profile("smoke", overlays=["machine_translated"])  # en ar zh + four MT
+    assert smoke_mt.train.batch_size == 7
 
 
 def test_the_common_optimizers_are_transformers_names():

@@ -284,14 +284,24 @@ class CalmSection:
 class ExperimentsSection:
     models: list[str] = field(default_factory=lambda: ["gemma-3-270m"])  # baseline-gap models
     methods: list[PreferenceMethod] = field(default_factory=lambda: ["dpo", "orpo"])
-    ablation_method: PreferenceMethod = "orpo"
+    # Methods of the English-anchor and batch-size ablations (paper Tables 9/10, 12/13: both).
+    ablation_methods: list[PreferenceMethod] = field(default_factory=lambda: ["dpo", "orpo"])
     ablation_max_steps: int = -1  # -1: same as train.max_steps
     batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 7])
-    benchmarks: list[str] = field(default_factory=list)  # lm-eval task names, named explicitly
+    # Notebook 06: benchmark keys of evaluation.benchmarks (PAPER_TASKS: mmmlu, mgsm, pawsx, lambada;
+    # LOCAL_TASKS: the offline stand-ins xl_local_mc, xl_local_lambada), each expanded to the
+    # languages of data.train_langs + data.unseen_langs it has, or explicit lm-eval task names.
+    benchmarks: list[str] = field(default_factory=lambda: ["xl_local_mc", "xl_local_lambada"])
     benchmark_limit: int = 0  # 0: whole task
 
     def __post_init__(self) -> None:
         _check_fields(self, "experiments")
+        if not self.ablation_methods:
+            raise ConfigError("experiments.ablation_methods must name at least one method")
+        if len(set(self.ablation_methods)) != len(self.ablation_methods):
+            raise ConfigError(
+                f"experiments.ablation_methods={self.ablation_methods} names a method twice"
+            )
         _at_least(self.ablation_max_steps, -1, "experiments.ablation_max_steps")
         if not self.batch_sizes:
             raise ConfigError("experiments.batch_sizes must name at least one batch size")
