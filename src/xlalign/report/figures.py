@@ -512,6 +512,75 @@ def plot_calm_accuracy(
 
 
 # --------------------------------------------------------------------------------------------
+# Our runs only: accuracy per language with CIs, training curves (the notebooks' teaching figures)
+
+
+def plot_accuracy_by_language(
+    df: pd.DataFrame, blocks: Iterable[str] | None = None, title: str | None = None
+) -> Figure:
+    """Accuracy per language column (x) for each block (hue), each bar with its 95% CI where the
+    frame has one; Rest (avg.) last. ``df`` is a tidy table (``tables.probe_table``)."""
+    blocks = _pick_blocks(df, blocks, ())
+    part = df[df["block"].isin(blocks)].copy()
+    part = part[~part["column"].isin(["gap", "consistency", "ac3"])]
+    if part.empty:
+        raise ValueError(f"no accuracy columns in blocks {list(blocks)}")
+    part["label"] = part["column"].map(column_label)
+    part["series"] = part["block"].map(block_label)
+    order = list(dict.fromkeys(part.loc[part["column"] != "rest_avg", "label"]))
+    order += [column_label("rest_avg")] if (part["column"] == "rest_avg").any() else []
+    hue_order = [block_label(b) for b in blocks]
+    fig, axes = _new_figure(width=max(6.5, 0.9 * len(order) + 2))
+    ax = axes[0][0]
+    sns.barplot(
+        data=part,
+        x="label",
+        y="value",
+        hue="series",
+        order=order,
+        hue_order=hue_order,
+        palette=_palette(blocks),
+        errorbar=None,
+        ax=ax,
+    )
+    _bar_errorbars(ax, part, "label", order, hue_order)
+    ax.set_ylim(*ACCURACY_LIMITS)
+    ax.set_xlabel("")
+    ax.set_ylabel("accuracy (%), 95% CI")
+    _rotate_ticks(ax)
+    _single_legend(fig, [ax])
+    fig.suptitle(title or "Accuracy per language")
+    return fig
+
+
+def plot_training_curves(
+    logs: Mapping[str, Sequence[Mapping]], metrics: Sequence[str] = ("loss", "rewards/margins")
+) -> Figure:
+    """One panel per metric of the training logs (``train_log.jsonl`` rows), one line per run.
+
+    ``logs`` maps a run's label to its logged rows; rows without the metric (the final summary row,
+    say) are skipped, and a metric no run logged gets an empty panel saying so."""
+    if not logs:
+        raise ValueError("no training logs to draw")
+    fig, axes = _new_figure(ncols=len(metrics), width=4.6, height=3.4)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        drawn = 0
+        for label, rows in logs.items():
+            points = [(r["step"], r[metric]) for r in rows if metric in r and "step" in r]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker="o" if len(xs) < 12 else None, label=label)
+                drawn += 1
+        if not drawn:
+            ax.text(0.5, 0.5, f"no run logged {metric}", ha="center", transform=ax.transAxes)
+        ax.set_xlabel("step")
+        ax.set_title(metric)
+    _single_legend(fig, axes[0])
+    fig.suptitle("Training curves")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
 # Saving
 
 

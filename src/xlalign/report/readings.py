@@ -1,0 +1,506 @@
+"""Readings: one sentence per result, built from a run's own numbers, and the worked examples the
+notebooks show (one prompt with its relevant passage marked, one batch, one CALM vote).
+
+Notebooks print these and never type a number in. Every function takes plain frames or rows (the
+run's predictions, tidy tables, logs), so tests can check them on hand-built inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from xlalign.evaluation.metrics import is_correct, validate_predictions
+
+MINUS = "−"  # U+2212: the readings print signed numbers the way the papers typeset them
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def signed(x: float, digits: int = 1) -> str:
+    """``+2.1`` / ``−1.5`` / ``0.0``."""
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    text = f"{abs(x):.{digits}f}"
+    if float(text) == 0:
+        return text
+    return ("+" if x > 0 else MINUS) + text
+
+
+def interval(low: float, high: float, digits: int = 1, sign: bool = False) -> str:
+    """``[−1.5, 5.8]`` (``sign``: with a leading + on positive bounds)."""
+    fmt = (lambda v: signed(v, digits)) if sign else (lambda v: _plain(v, digits))
+    return f"[{fmt(low)}, {fmt(high)}]"
+
+
+def _plain(x: float, digits: int) -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return f"{x:.{digits}f}".replace("-", MINUS)
+
+
+def pvalue_text(p: float) -> str:
+    if p is None or not math.isfinite(p):
+        return "p = n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+
+
+# --------------------------------------------------------------------------- paired differences
+
+
+def _paired_non_english(
+    preds_a: pd.DataFrame, preds_b: pd.DataFrame, english: str
+) -> tuple[np.ndarray, np.ndarray]:
+    for name, frame in (("A", preds_a), ("B", preds_b)):
+        try:
+            validate_predictions(frame)
+        except ValueError as err:
+            raise ValueError(f"predictions {name}: {err}") from None
+    left = preds_a[["sample_id", "lang"]].assign(a=is_correct(preds_a).to_numpy())
+    right = preds_b[["sample_id", "lang"]].assign(b=is_correct(preds_b).to_numpy())
+    paired = left.merge(right, on=["sample_id", "lang"], how="inner", validate="one_to_one")
+    paired = paired[paired["lang"] != english]
+    if paired.empty:
+        raise ValueError("the two prediction sets share no non-English items")
+    return paired["a"].to_numpy(float), paired["b"].to_numpy(float)
+
+
+def paired_difference(
+    preds_a: pd.DataFrame,
+    preds_b: pd.DataFrame,
+    english: str = "en",
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """B − A accuracy (points) on the non-English items both evaluated, with a 95% paired percentile
+    bootstrap CI over items (``scipy.stats.bootstrap``, ``paired=True``).
+
+    With the same items in every language (``experiments.eval_subset``) the pooled non-English
+    accuracy equals Rest (avg.), the mean of the per-language accuracies. Resampling items rather
+    than whole samples is our choice; the papers give no CI for this difference.
+    """
+    from scipy.stats import bootstrap
+
+    a, b = _paired_non_english(preds_a, preds_b, english)
+    delta = 100.0 * float(b.mean() - a.mean())
+    if np.all(a == b):  # no item changed: every resample gives 0
+        low = high = 0.0
+    else:
+        res = bootstrap(
+            (a, b),
+            lambda x, y, axis=-1: 100.0 * (y.mean(axis=axis) - x.mean(axis=axis)),
+            paired=True,
+            n_resamples=n_resamples,
+            method="percentile",
+            random_state=np.random.default_rng(seed),
+            vectorized=True,
+        )
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return {"delta": delta, "ci_low": low, "ci_high": high, "n": len(a)}
+
+
+def difference_reading(
+    preds_a: pd.DataFrame,
+    preds_b: pd.DataFrame,
+    mcnemar: pd.DataFrame,
+    name_a: str = "uncoupled",
+    name_b: str = "aligned",
+    alpha: float = 0.01,
+    english: str = "en",
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> str:
+    """e.g. "aligned − uncoupled in Rest (avg.): +2.1 points, 95% CI [−1.5, 5.8], McNemar p = 0.31:
+    no significant difference on this run (p ≥ 0.01, 120 paired items)."
+
+    ``mcnemar`` is ``experiments.compare``'s table (its ``non_english`` row is read)."""
+    if "non_english" not in mcnemar.index:
+        raise ValueError(f"McNemar table has no 'non_english' row (rows: {list(mcnemar.index)})")
+    diff = paired_difference(preds_a, preds_b, english, n_resamples, seed)
+    p = float(mcnemar.loc["non_english", "pvalue"])
+    if math.isfinite(p) and p < alpha:
+        verdict = f"{name_b} is significantly {'better' if diff['delta'] > 0 else 'worse'}"
+        verdict += f" on this run (p < {alpha:g}"
+    else:
+        verdict = f"no significant difference on this run (p ≥ {alpha:g}"
+    return (
+        f"{name_b} {MINUS} {name_a} in Rest (avg.): {signed(diff['delta'])} points, 95% CI "
+        f"{interval(diff['ci_low'], diff['ci_high'])}, McNemar {pvalue_text(p)}: {verdict}, "
+        f"{diff['n']} paired items)."
+    )
+
+
+def _skew_note(preds: pd.DataFrame, threshold: float = 0.95) -> str:
+    counts = preds["pred"].astype(str).value_counts()
+    share = counts.iloc[0] / len(preds)
+    if share >= threshold:
+        return (
+            f" It answers {counts.index[0]!r} to {share:.0%} of items, so these accuracies restate "
+            "the label balance, not a judgement."
+        )
+    return ""
+
+
+def gap_reading(
+    preds: pd.DataFrame,
+    model: str,
+    english: str = "en",
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> str:
+    """English accuracy, Rest (avg.) and the gap with its 95% CI (bootstrap over samples of the
+    per-sample difference English − mean of the other languages), e.g. "gemma-3-270m: English 60.0%,
+    Rest (avg.) 52.5%; gap +7.5 points, 95% CI [−5.0, 20.0] (10 samples)."."""
+    from scipy.stats import bootstrap
+
+    validate_predictions(preds)
+    frame = preds[["sample_id", "lang"]].assign(ok=is_correct(preds).to_numpy(float))
+    wide = frame.pivot_table(index="sample_id", columns="lang", values="ok", aggfunc="mean")
+    if english not in wide.columns or len(wide.columns) < 2:
+        raise ValueError(f"gap_reading needs {english!r} and another language; has {list(wide)}")
+    wide = wide.dropna()
+    en = 100.0 * wide[english].to_numpy()
+    rest = 100.0 * wide.drop(columns=english).mean(axis=1).to_numpy()
+    diff = en - rest
+    if len(diff) > 1 and np.ptp(diff) > 0:
+        res = bootstrap(
+            (diff,),
+            np.mean,
+            n_resamples=n_resamples,
+            method="percentile",
+            random_state=np.random.default_rng(seed),
+        )
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    else:
+        low = high = float(diff.mean())
+    return (
+        f"{model}: English {en.mean():.1f}%, Rest (avg.) {rest.mean():.1f}%; gap to English "
+        f"{signed(float(diff.mean()))} points, 95% CI {interval(low, high)} ({len(diff)} samples)."
+        + _skew_note(preds)
+    )
+
+
+def accuracy_reading(preds: pd.DataFrame, label: str = "the model") -> str:
+    """ "the model is right on 3 of 8 items (37.5%) in 4 languages." plus a constant-answer note."""
+    validate_predictions(preds)
+    ok = is_correct(preds)
+    return (
+        f"{label} is right on {int(ok.sum())} of {len(ok)} items ({100 * ok.mean():.1f}%) in "
+        f"{preds['lang'].nunique()} languages." + _skew_note(preds)
+    )
+
+
+def block_difference_reading(
+    tidy: pd.DataFrame, block_b: str, block_a: str, column: str = "rest_avg", name: str = ""
+) -> str:
+    """Two cells of one tidy table, e.g. "bs_7 − bs_1 in Rest (avg.): +4.0 points (54.0% [40.0,
+    68.0] vs 50.0% [36.0, 64.0])". The CIs are each cell's own; overlapping CIs do not test
+    anything, which is why the notebooks pair this with McNemar where items are paired."""
+    from xlalign.report.figures import column_label
+
+    cells = {}
+    for block in (block_a, block_b):
+        rows = tidy[(tidy["block"] == block) & (tidy["column"] == column)]
+        if rows.empty:
+            raise ValueError(f"tidy table has no {column!r} cell for block {block!r}")
+        cells[block] = rows.iloc[0]
+
+    def cell(r) -> str:
+        ci = ""
+        if {"ci_low", "ci_high"} <= set(r.index) and pd.notna(r["ci_low"]):
+            ci = " " + interval(r["ci_low"], r["ci_high"])
+        return f"{r['value']:.1f}%{ci}"
+
+    a, b = cells[block_a], cells[block_b]
+    return (
+        f"{name or block_b} {MINUS} {block_a} in {column_label(column)}: "
+        f"{signed(b['value'] - a['value'])} points ({cell(b)} vs {cell(a)})."
+    )
+
+
+def mcnemar_reading(mcnemar: pd.DataFrame, alpha: float = 0.01, what: str = "") -> str:
+    """One clause per row of an ``experiments.compare`` table: "th +10.0 points (p = 0.50)", and
+    how many rows are significant at ``alpha``."""
+    parts = [
+        f"{idx} {signed(float(r['delta']))} points ({pvalue_text(float(r['pvalue']))})"
+        for idx, r in mcnemar.iterrows()
+    ]
+    sig = int((mcnemar["pvalue"] < alpha).sum())
+    head = f"{what}: " if what else ""
+    return f"{head}{'; '.join(parts)}; {sig} of {len(mcnemar)} significant at p < {alpha:g}."
+
+
+# --------------------------------------------------------------------------- data (notebook 01)
+
+
+def counts_reading(counts: pd.DataFrame) -> str:
+    """From ``probe.counts_table`` (split × label rows, one column per language): whether every
+    language holds the same number of samples in every split and label, as the design requires."""
+    if counts.empty:
+        raise ValueError("counts table is empty")
+    same = bool((counts.nunique(axis=1) == 1).all())
+    per_lang = counts.sum(axis=0)
+    head = (
+        "every language holds the same samples"
+        if same
+        else "languages differ in their counts (see the table)"
+    )
+    cells = ", ".join(f"{' '.join(map(str, k))}: {int(v.iloc[0])}" for k, v in counts.iterrows())
+    return (
+        f"{len(counts.columns)} languages, {int(per_lang.iloc[0])} samples each; {head} ({cells})."
+    )
+
+
+def lengths_reading(lengths: pd.DataFrame) -> str:
+    """From ``probe.token_length_table``: the longest and shortest language by mean prompt tokens."""
+    if lengths.empty:
+        raise ValueError("token length table is empty")
+    longest, shortest = lengths["mean"].idxmax(), lengths["mean"].idxmin()
+    ratio = lengths.loc[longest, "mean"] / lengths.loc[shortest, "mean"]
+    return (
+        f"Prompts run from {lengths.loc[shortest, 'mean']:.0f} tokens on average ({shortest}) to "
+        f"{lengths.loc[longest, 'mean']:.0f} ({longest}), {ratio:.2f} times as many for the same "
+        "content; the longest prompt sets the padded batch's cost."
+    )
+
+
+# --------------------------------------------------------------------------- worked examples
+
+
+def mark_passage(row: Mapping) -> str:
+    """A probe row's prompt with the passage from the question's own topic marked ``>>> ... <<<``.
+
+    The contexts are numbered ``[1]``, ``[2]``, ... in the order of ``doc_topics``; in a positive
+    sample one of them comes from ``topic_id`` (it holds the answer), in a negative none does."""
+    for key in ("prompt", "topic_id", "doc_topics", "label"):
+        if key not in row:
+            raise ValueError(f"probe row {row.get('item_id', '?')!r} has no field {key!r}")
+    lines = str(row["prompt"]).split("\n")
+    marked, found = [], False
+    for line in lines:
+        for i, topic in enumerate(row["doc_topics"], start=1):
+            if line.startswith(f"[{i}] ") and topic == row["topic_id"]:
+                line, found = f">>> {line} <<< (the question's own topic: answers it)", True
+        marked.append(line)
+    note = (
+        f"label: {row['label']!r}; "
+        + ("the relevant passage is marked >>> <<<" if found else "no passage answers it")
+        + f"; contexts from topics {', '.join(row['doc_topics'])}"
+    )
+    return note + "\n\n" + "\n".join(marked)
+
+
+def _label_of(sample_id: str) -> str:
+    from xlalign.probe.build import ANSWER_ABSENT, ANSWER_PRESENT
+
+    return (
+        ANSWER_PRESENT
+        if sample_id.endswith(".pos")
+        else ANSWER_ABSENT
+        if sample_id.endswith(".neg")
+        else "?"
+    )
+
+
+def batch_frame(log_rows: Sequence[Mapping], step: int = 0, rank: int = 0) -> pd.DataFrame:
+    """One micro-batch of a batch log (``training.sampling.read_batch_logs``) as a table: position,
+    query id, sample id, language and label of every row."""
+    picked = [r for r in log_rows if r["step"] == step and r.get("rank", 0) == rank]
+    if not picked:
+        steps = sorted({r["step"] for r in log_rows})
+        raise ValueError(f"batch log has no step {step} on rank {rank} (steps {steps[:5]}...)")
+    r = picked[0]
+    return pd.DataFrame(
+        {
+            "row": range(len(r["sample_ids"])),
+            "query_id": [s.rsplit(".", 1)[0] for s in r["sample_ids"]],
+            "sample_id": list(r["sample_ids"]),
+            "lang": list(r["langs"]),
+            "label": [_label_of(s) for s in r["sample_ids"]],
+        }
+    )
+
+
+def batch_reading(log_rows: Sequence[Mapping], batching: str) -> str:
+    """What the batch log shows: how many micro-batches hold one sample in distinct languages (the
+    aligned design) and how many mix samples, counted from the log on disk."""
+    if not log_rows:
+        raise ValueError("empty batch log")
+    one_sample = sum(
+        len(set(r["sample_ids"])) == 1 and len(set(r["langs"])) == len(r["langs"]) for r in log_rows
+    )
+    n = len(log_rows)
+    size = len(log_rows[0]["langs"])
+    langs_per = np.mean([len(set(r["langs"])) for r in log_rows])
+    return (
+        f"{batching}: {one_sample} of {n} micro-batches (size {size}) hold one sample in {size} "
+        f"distinct languages; {n - one_sample} mix samples; {langs_per:.1f} distinct languages "
+        "per batch on average."
+    )
+
+
+def read_train_log(path: str | Path) -> list[dict]:
+    path = Path(path)
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as err:
+                raise ValueError(f"{path}:{i}: not JSON ({err})") from None
+    return rows
+
+
+def curve_reading(log_rows: Sequence[Mapping], label: str) -> str:
+    """ "orpo aligned: loss 2.41 → 0.27 over 20 steps; reward margin −0.01 → 0.84"."""
+    steps = [r for r in log_rows if "loss" in r and "step" in r]
+    if not steps:
+        return f"{label}: no loss logged"
+    first, last = steps[0], steps[-1]
+    text = f"{label}: loss {first['loss']:.3g} → {last['loss']:.3g} over {last['step']} steps"
+    key = "rewards/margins"
+    if key in first and key in last:
+        text += f"; reward margin {_plain(first[key], 2)} → {_plain(last[key], 2)}"
+    return text
+
+
+# --------------------------------------------------------------------------- CALM (notebook 04)
+
+
+def calm_example(calm_dir: str | Path, qid: str | None = None, width: int = 90) -> dict:
+    """One CALM question: its samples in each language (parsed letter, text cut to ``width``), the
+    vote across languages, and the preference pairs it produced. Without ``qid`` the first question
+    that produced a pair, else the first with a vote, else the first sampled.
+
+    Returns {"qid", "samples": DataFrame, "vote": dict, "pairs": DataFrame}."""
+    calm_dir = Path(calm_dir)
+    if (calm_dir / "tasks.json").exists() and not (calm_dir / "samples.jsonl").exists():
+        tasks = json.loads((calm_dir / "tasks.json").read_text())
+        first = tasks[0] if isinstance(tasks, list) else next(iter(tasks))
+        calm_dir = calm_dir / str(first)
+
+    def read(name: str) -> list[dict]:
+        path = calm_dir / name
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: run the CALM chain (run_calm) first")
+        return read_train_log(path)
+
+    samples, votes, pairs = read("samples.jsonl"), read("votes.jsonl"), read("pairs.jsonl")
+    if not samples:
+        raise ValueError(f"{calm_dir / 'samples.jsonl'} holds no samples")
+    if qid is None:
+        voted = [v["qid"] for v in votes if v.get("letter")]
+        paired = [p["qid"] for p in pairs]
+        qid = (paired or voted or [samples[0]["qid"]])[0]
+    mine = [s for s in samples if s["qid"] == qid]
+    if not mine:
+        raise ValueError(f"question {qid!r} not in {calm_dir / 'samples.jsonl'}")
+    vote = next((v for v in votes if v["qid"] == qid), {})
+    table = pd.DataFrame(
+        {
+            "lang": [s["lang"] for s in mine],
+            "sample": [s["idx"] for s in mine],
+            "letter": [s.get("letter") for s in mine],
+            "agrees": [
+                s.get("letter") is not None and s.get("letter") == vote.get("letter") for s in mine
+            ],
+            "text": [_cut(s["text"], width) for s in mine],
+        }
+    )
+    pair_rows = pd.DataFrame(
+        [
+            {
+                "lang": p["lang"],
+                "chosen_from": p["chosen_lang"],
+                "translated": p["translated"],
+                "chosen_letter": p["chosen_letter"],
+                "rejected_letter": p["rejected_letter"],
+                "chosen": _cut(p["chosen"], width),
+                "rejected": _cut(p["rejected"], width),
+            }
+            for p in pairs
+            if p["qid"] == qid
+        ],
+        columns=[
+            "lang",
+            "chosen_from",
+            "translated",
+            "chosen_letter",
+            "rejected_letter",
+            "chosen",
+            "rejected",
+        ],
+    )
+    return {"qid": qid, "samples": table, "vote": vote, "pairs": pair_rows}
+
+
+def _cut(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def vote_reading(example: Mapping) -> str:
+    """ "fin-02: 6 samples, 4 parsable; vote B (3 of 4, gold B, right); 2 pairs (1 translated)"."""
+    s, vote, pairs = example["samples"], example["vote"], example["pairs"]
+    parsable = int(s["letter"].notna().sum())
+    head = f"{example['qid']}: {len(s)} samples in {s['lang'].nunique()} languages, {parsable} parsable"
+    if not vote or not vote.get("letter"):
+        return f"{head}; no vote (no parsable answer), so no pair: the question adds nothing."
+    count = vote.get("counts", {}).get(vote["letter"], "?")
+    right = "right" if vote.get("correct") else "wrong"
+    tie = ", a tie broken by the rule in calm.vote" if vote.get("tied") else ""
+    return (
+        f"{head}; vote {vote['letter']} ({count} of {vote.get('n_parsable', parsable)}{tie}; gold "
+        f"{vote.get('gold')}: {right}); {len(pairs)} pairs, {int(pairs['translated'].sum()) if len(pairs) else 0} "
+        "with the chosen answer translated from another language."
+    )
+
+
+def calm_reading(results: pd.DataFrame, base: str = "base", trained: str = "calm") -> str:
+    """From ``calm.results_table``'s tidy frame: CALM against the base model on ACC_avg,
+    Consistency_s and AC3."""
+    out = []
+    for column, name in (
+        ("acc_avg", "AVG accuracy"),
+        ("consistency", "consistency"),
+        ("ac3", "AC3"),
+    ):
+        cells = results[results["column"] == column].set_index("block")["value"]
+        if base in cells and trained in cells:
+            out.append(
+                f"{name} {cells[trained]:.1f} vs {cells[base]:.1f} "
+                f"({signed(cells[trained] - cells[base])})"
+            )
+    if not out:
+        raise ValueError(f"results table has no {base!r}/{trained!r} cells to compare")
+    return f"{trained} vs {base}: " + "; ".join(out) + "."
+
+
+# --------------------------------------------------------------------------- report (notebook 07)
+
+
+def report_reading(report_text: str) -> str:
+    """Which of the report's sections show our run's results and which say "not produced in this
+    run" (a notebook of the chain was not run in this run directory)."""
+    heading, sections, missing = None, [], []
+    for line in report_text.splitlines():
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+            sections.append(heading)
+        elif "not produced in this run" in line and heading and heading not in missing:
+            missing.append(heading)
+    text = f"The report has {len(sections)} sections"
+    if missing:
+        shown = "; ".join(missing[:6]) + (
+            f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+        )
+        return (
+            text + f"; {len(missing)} lack this run's results (not produced in this run): {shown}."
+        )
+    return text + "; every one shows this run's results."
