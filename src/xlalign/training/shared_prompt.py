@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from xlalign.lm import prefill
+from xlalign.training.frozen_cache import prefill_reusing
 
 
 def shared_prompt_logits(
@@ -32,6 +32,9 @@ def shared_prompt_logits(
     Returns ``(logits, targets, mask)``, each with n*B rows and ``C = max completion length`` columns:
     ``logits[r, t]`` (float, vocabulary last) predicts ``targets[r, t]`` = token t of completion r;
     ``mask`` is 1 where that token exists. Gradients flow into the prompt's encoding.
+
+    With a ``frozen_cache.FrozenStates`` attached to the model, the frozen lower layers are not run:
+    their states come from the store (``frozen_cache.prefill_reusing``), the same values.
     """
     n_prompts = len(prompts)
     if n_prompts == 0 or len(completions) % n_prompts:
@@ -42,12 +45,14 @@ def shared_prompt_logits(
         raise ValueError("every prompt and every completion needs at least one token")
     n = len(completions) // n_prompts
     device = next(model.parameters()).device
-    out, mask = prefill(model, prompts, pad_id, device)
-    last = out.logits[:, -1]  # (B, V): predicts each completion's first token
-
     # Row order for the continuation pass: interleaved (prompt b, branch k) -> b*n + k, which lines up
     # with ``batch_repeat_interleave(n)`` of the cache; ``back`` maps it to branch-major order.
     inter = [k * n_prompts + b for b in range(n_prompts) for k in range(n)]
+    feeds = [list(completions[r])[:-1] for r in inter]
+    owner = [r % n_prompts for r in inter]
+    out, mask, forward = prefill_reusing(model, prompts, pad_id, device, feeds, owner)
+    last = out.logits[:, -1]  # (B, V): predicts each completion's first token
+
     back = torch.empty(len(inter), dtype=torch.long)
     back[torch.as_tensor(inter)] = torch.arange(len(inter))
     back = back.to(device)
@@ -71,8 +76,8 @@ def shared_prompt_logits(
         cont_mask = comp_mask[inter, :-1]
         ctx_mask = mask.repeat_interleave(n, dim=0)
         start = ctx_mask.sum(-1, keepdim=True)
-        out2 = model(
-            input_ids=cont_ids,
+        out2 = forward(
+            cont_ids,
             attention_mask=torch.cat([ctx_mask, cont_mask], dim=1),
             position_ids=start + torch.arange(width - 1, device=device),
             past_key_values=cache,

@@ -22,6 +22,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO lives in trl.expe
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
 
 from xlalign.lm import positions  # noqa: E402
+from xlalign.training.frozen_cache import attach  # noqa: E402
 from xlalign.training.sampling import (  # noqa: E402
     BATCHINGS,
     META_KEYS,
@@ -52,6 +53,17 @@ class GroupedBatchingArguments:
     include_english: bool = field(
         default=True, metadata={"help": "aligned batches always hold the English row (paper C.1)"}
     )
+
+    reuse_frozen: bool = field(
+        default=False,
+        metadata={"help": "compute the frozen lower layers' states once per unique prompt and reuse "
+                  "them (xlalign.training.frozen_cache; same values, used where the layers are frozen)"},
+    )  # fmt: skip
+    frozen_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "where reused states are also kept on disk (e.g. <run>/cache/frozen); "
+                  "None: in memory only"},
+    )  # fmt: skip
 
     def _check_batching(self) -> None:
         if self.batching not in BATCHINGS:
@@ -164,6 +176,12 @@ class GroupedTrainingMixin:
         # Grouping columns travel beside the batch, and every log line goes to train_log.jsonl.
         self.data_collator = MetaCollator(self.data_collator)
         self.add_callback(JsonlLogCallback(Path(self.args.output_dir) / "train_log.jsonl"))
+        # The frozen lower layers' states, computed once per prompt for the whole process (and run).
+        self.xl_frozen = (
+            attach(self.model, directory=self.args.frozen_cache_dir)
+            if self.args.reuse_frozen
+            else None
+        )
 
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset if train_dataset is not None else self.train_dataset

@@ -1,0 +1,230 @@
+"""xlalign.training.frozen_cache: reusing the frozen lower layers' states changes no logit, loss or gradient.
+
+Tolerances (fp32): values atol 1e-5, gradients atol 1e-5 / rtol 1e-4 -- the same as the shared-prompt
+tests, i.e. the float noise that a different padding (batch composition) gives the uncached path too.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xlalign.training import frozen_cache as fc
+from xlalign.training.shared_prompt import shared_prompt_logits, token_logps
+
+# Prompts longer than the tiny Gemma's sliding window (5), so that local and global layers differ.
+PROMPTS = [[2, 17, 23, 9, 41, 8, 11, 12, 30], [2, 7, 3, 99], [2, 12, 13, 14, 15, 16, 19]]
+COMPLETIONS = [
+    [30, 31, 2],
+    [44],
+    [50, 51],
+    [60, 2],
+    [70, 71, 72, 73],
+    [80],
+]  # chosen x3, rejected x3
+
+
+def tiny_gemma3(n_layers: int = 6):
+    """A random Gemma-3 text model: sliding-window and global layers, two rotary bases, soft-capping."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=n_layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=5,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"] * (n_layers // 3),
+        max_position_embeddings=128,
+        final_logit_softcapping=30.0,
+        query_pre_attn_scalar=16,
+        pad_token_id=0,
+        attn_implementation="sdpa",
+    )
+    return Gemma3ForCausalLM(cfg).float().eval()
+
+
+def lora_top(model, top: int):
+    """Random (non-zero) LoRA on q/v of the top ``top`` layers: the rest stays frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    n = model.config.num_hidden_layers
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj"],
+        layers_to_transform=list(range(n - top, n)),
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, cfg)
+
+
+@pytest.fixture(params=["gemma3", "llama"])
+def adapted(request, tiny_model_and_tokenizer):
+    if request.param == "gemma3":
+        return lora_top(tiny_gemma3(), top=2), 4  # layers 0-3 frozen (both attention kinds)
+    model, _ = tiny_model_and_tokenizer
+    return lora_top(model, top=1), model.config.num_hidden_layers - 1
+
+
+def _logps_and_grads(model):
+    model.zero_grad(set_to_none=True)
+    logits, targets, mask = shared_prompt_logits(model, PROMPTS, COMPLETIONS, 0)
+    lp = token_logps(logits, targets, mask)
+    lp.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return lp.detach(), grads
+
+
+def test_reused_states_give_the_same_logps_and_gradients(adapted, tmp_path):
+    model, boundary = adapted
+    model.train()
+    assert fc.safe_boundary(model) == boundary
+    fc.detach(model)
+    lp_ref, g_ref = _logps_and_grads(model)
+    store = fc.attach(model, directory=tmp_path)
+    assert store is not None and store.boundary == boundary
+    lp_fill, g_fill = _logps_and_grads(model)  # first use: computed and stored
+    assert store.misses == len(PROMPTS) and store.hits == 0
+    lp_hit, g_hit = _logps_and_grads(model)  # second use: every entry from memory
+    assert store.misses == len(PROMPTS) and store.hits > 0
+    assert g_ref and all(g.abs().max() > 0 for g in g_ref.values())
+    for lp, grads in ((lp_fill, g_fill), (lp_hit, g_hit)):
+        torch.testing.assert_close(lp, lp_ref, atol=1e-5, rtol=1e-5)
+        assert grads.keys() == g_ref.keys()
+        for name in grads:
+            torch.testing.assert_close(grads[name], g_ref[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_bypassed_layers_do_not_run_on_a_hit(adapted):
+    model, boundary = adapted
+    dec = fc.decoder(model)
+    store = fc.attach(model)
+    with torch.no_grad():
+        shared_prompt_logits(model, PROMPTS, COMPLETIONS, 0)
+    calls = []
+    handles = [
+        layer.register_forward_pre_hook(lambda m, a, i=i: calls.append(i))
+        for i, layer in enumerate(dec.layers)
+    ]
+    try:
+        with torch.no_grad():
+            shared_prompt_logits(model, PROMPTS, COMPLETIONS, 0)
+    finally:
+        for h in handles:
+            h.remove()
+    assert store.hits > 0
+    assert (
+        calls and min(calls) == boundary
+    )  # the prefill and the continuation start at the boundary
+    assert len(dec.layers) == model.config.num_hidden_layers  # the stack is restored
+
+
+def test_states_are_shared_across_model_objects_and_processes_via_disk(tmp_path):
+    """A second load of the same weights finds the first one's entries (memory, then disk)."""
+    a = lora_top(tiny_gemma3(), 2)
+    b = lora_top(tiny_gemma3(), 2)  # the same seed: the same base weights, another object
+    sa = fc.attach(a, directory=tmp_path)
+    with torch.no_grad():
+        shared_prompt_logits(a, PROMPTS, COMPLETIONS, 0)
+    assert fc.attach(b, directory=tmp_path) is sa  # one store per fingerprint in a process
+    fc._REGISTRY.clear()  # as in a new process: only the files remain
+    sb = fc.attach(b, directory=tmp_path)
+    with torch.no_grad():
+        shared_prompt_logits(b, PROMPTS, COMPLETIONS, 0)
+    assert sb.misses == 0 and sb.hits > 0 and sb.rebuilt == 0
+
+
+def test_entries_of_another_model_prompt_or_layer_count_are_rebuilt_not_used(tmp_path, caplog):
+    model = lora_top(tiny_gemma3(), 2)
+    store = fc.attach(model, directory=tmp_path)
+    with torch.no_grad():
+        ref = shared_prompt_logits(model, PROMPTS, COMPLETIONS, 0)[0]
+    files = sorted(store.directory.glob("*.safetensors"))
+    assert len(files) == len(PROMPTS) + sum(len(c) > 1 for c in COMPLETIONS)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    def rewrite(path, **changes):
+        with safe_open(str(path), framework="pt") as f:
+            meta, ids, states = f.metadata(), f.get_tensor("ids"), f.get_tensor("states")
+        tensors = {"ids": changes.pop("ids", ids), "states": changes.pop("states", states)}
+        save_file(tensors, str(path), metadata={**meta, **changes})
+
+    # Each file swapped for a wrong entry: other prompt ids, another model, another layer count,
+    # damaged bytes, states of another shape.
+    prompt_files = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            if h.metadata()["n_prefix"] == "0":
+                prompt_files[tuple(h.get_tensor("ids").tolist())] = f
+    p0, p1, p2 = (prompt_files[tuple(p)] for p in PROMPTS)
+    with safe_open(str(p0), framework="pt") as h:
+        wrong_ids = h.get_tensor("ids").clone()
+    wrong_ids[-1] += 1
+    rewrite(p0, ids=wrong_ids)
+    rewrite(p1, fingerprint="0" * 64)
+    rewrite(p2, boundary="3")
+    others = [f for f in files if f not in (p0, p1, p2)]
+    others[0].write_bytes(others[0].read_bytes()[:40])
+    with safe_open(str(others[1]), framework="pt") as h:
+        s = h.get_tensor("states")
+    rewrite(others[1], states=torch.zeros(s.shape[0] + 1, s.shape[1]))
+    fc._REGISTRY.clear()
+    store = fc.attach(model, directory=tmp_path)
+    with caplog.at_level("WARNING"), torch.no_grad():
+        again = shared_prompt_logits(model, PROMPTS, COMPLETIONS, 0)[0]
+    assert store.rebuilt == 5
+    text = caplog.text
+    for why in (
+        "ids is",
+        "fingerprint is",
+        "boundary (frozen layer count) is",
+        "unreadable",
+        "shape",
+    ):
+        assert why in text, why
+    torch.testing.assert_close(again, ref, atol=1e-5, rtol=1e-5)
+    # the rebuilt files are good again
+    fc._REGISTRY.clear()
+    store = fc.attach(model, directory=tmp_path)
+    with torch.no_grad():
+        shared_prompt_logits(model, PROMPTS, COMPLETIONS, 0)
+    assert store.rebuilt == 0 and store.misses == 0
+
+
+def test_the_fingerprint_names_weights_dtype_and_layer_count():
+    a, b = tiny_gemma3(), tiny_gemma3()
+    assert fc.fingerprint(a, 4) == fc.fingerprint(b, 4)
+    assert fc.fingerprint(a, 4) != fc.fingerprint(a, 3)
+    with torch.no_grad():
+        b.model.layers[1].mlp.down_proj.weight[0, 0] += 1e-3
+    b._xl_frozen_fp = {}
+    assert fc.fingerprint(a, 4) != fc.fingerprint(b, 4)
+    # a change above the boundary is not part of what the states depend on
+    c = tiny_gemma3()
+    with torch.no_grad():
+        c.model.layers[5].mlp.down_proj.weight[0, 0] += 1e-3
+    assert fc.fingerprint(a, 4) == fc.fingerprint(c, 4)
+
+
+def test_reuse_does_not_apply_where_lower_layers_are_trained_or_dropped_out():
+    model = lora_top(tiny_gemma3(), 6)  # every layer adapted
+    assert fc.safe_boundary(model) == 0 and fc.attach(model) is None
+    model = lora_top(tiny_gemma3(), 2)
+    fc.attach(model)
+    fc.decoder(model).embed_tokens.weight.requires_grad_(True)
+    assert fc.attached(model) is None  # checked at every use
+    model = lora_top(tiny_gemma3(), 2)
+    model.base_model.model.model.layers[1].self_attn.q_proj.weight.requires_grad_(True)
+    assert fc.safe_boundary(model) == 1
+    g = tiny_gemma3()
+    g.config.attention_dropout = 0.1
+    g.train()
+    assert fc.safe_boundary(g) == 0
