@@ -91,9 +91,11 @@ def test_overlong_groups_are_refused_or_dropped_whole():
     assert [r["sample_id"] for r in kept] == ["s2"] and report["dropped_rows"] == 2
 
 
-def test_too_few_same_domain_documents_names_the_fix(corpus):
-    with pytest.raises(CorpusError, match="Lower data.k"):
-        probe.build_samples(corpus["en"], k=12, seed=0)
+def test_too_few_documents_names_the_fix(corpus):
+    # 72 topics: a negative sample needs k others, from other domains once its own runs out
+    assert probe.build_samples(corpus["en"], k=71, seed=0)
+    with pytest.raises(CorpusError, match="corpus: 72 passages.*k=72.*Lower data.k to at most 71"):
+        probe.build_samples(corpus["en"], k=72, seed=0)
 
 
 def _copy_corpus(tmp_path, domains=("finance",), langs=("en", "fr")):

@@ -1,7 +1,7 @@
 """The NoMIRACL-style binary RAG probe: question + k passages -> "Yes, answer is present" | "I don't know".
 
 Document choice and order depend only on the query id and the seed, so every language sees a translation
-of the same sample; the split is by topic so no topic's translations sit on both sides.
+of the same sample; the split is by document, and distractors come from the query's own side of it.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class ProbeSample:
     question_index: int
     label: str
     doc_topics: tuple[str, ...]
+    outside_domain: int = 0  # distractors drawn from other domains (the own domain was too small)
 
 
 def _rng_for(seed: int, key: str) -> np.random.Generator:
@@ -77,63 +78,132 @@ def _rng_for(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, digest])
 
 
-def build_samples(topics: dict[str, TopicRecord], k: int, seed: int) -> list[ProbeSample]:
-    """One positive and one negative sample per query (two queries per topic)."""
-    by_domain: dict[str, list[str]] = defaultdict(list)
+def _draw(rng: np.random.Generator, same: list[str], other: list[str], n: int) -> tuple[list, int]:
+    """``n`` distinct distractors, same-domain first; the rest (counted) from other domains."""
+    n_same = min(n, len(same))
+    picked = [str(d) for d in rng.choice(same, size=n_same, replace=False)] if n_same else []
+    if n > n_same:
+        picked += [str(d) for d in rng.choice(other, size=n - n_same, replace=False)]
+    return picked, n - n_same
+
+
+def build_samples(
+    topics: dict, k: int, seed: int, split: dict[str, str] | None = None, source: str = "corpus"
+) -> list[ProbeSample]:
+    """One positive and one negative sample per query (two queries per topic).
+
+    Distractors come from the query's own side of ``split`` (a test passage never appears in a
+    training prompt, nor a training passage in a test prompt), from its own domain where that holds
+    enough, and otherwise (our choice; the paper's domains were large enough) from the other
+    domains on the same side; ``ProbeSample.outside_domain`` counts those. Without ``split`` every
+    topic is drawn from, as for a single pool.
+    """
+    side = split if split is not None else dict.fromkeys(topics, "all")
+    missing = sorted(set(topics) - set(side))
+    if missing:
+        raise ValueError(f"topics {missing[:5]} have no split")
+    pools: dict[tuple[str, str], list[str]] = defaultdict(list)
+    sides: dict[str, list[str]] = defaultdict(list)
     for tid in sorted(topics):
-        by_domain[topics[tid].domain].append(tid)
+        pools[side[tid], topics[tid].domain].append(tid)
+        sides[side[tid]].append(tid)
     samples = []
     for tid in sorted(topics):
-        domain = topics[tid].domain
-        others = [t for t in by_domain[domain] if t != tid]
-        if len(others) < k:
+        domain, part = topics[tid].domain, side[tid]
+        same = [t for t in pools[part, domain] if t != tid]
+        other = [t for t in sides[part] if t != tid and topics[t].domain != domain]
+        if len(same) + len(other) < k:
+            where = "" if split is None else f" on the {part} side of the split"
             raise CorpusError(
-                f"domain {domain!r} has {len(others) + 1} topics; a negative sample for {tid} needs k={k} "
-                f"other same-domain documents. Lower data.k to at most {len(others)} or add topics"
+                f"{source}: {len(same) + len(other) + 1} passages{where} ({len(same) + 1} in domain "
+                f"{domain!r}); a negative sample for {tid} needs k={k} other passages there. "
+                f"Lower data.k to at most {len(same) + len(other)} or add topics"
             )
         for qi in (1, 2):
             qid = f"{tid}.q{qi}"
             rng = _rng_for(seed, qid)
-            pos_docs = [tid] + list(rng.choice(others, size=k - 1, replace=False))
+            pos_docs, pos_out = _draw(rng, same, other, k - 1)
+            pos_docs = [tid, *pos_docs]
             rng.shuffle(pos_docs)
-            neg_docs = list(rng.choice(others, size=k, replace=False))
-            for label, docs, tag in (
-                (ANSWER_PRESENT, pos_docs, "pos"),
-                (ANSWER_ABSENT, neg_docs, "neg"),
+            neg_docs, neg_out = _draw(rng, same, other, k)
+            for label, docs, tag, n_out in (
+                (ANSWER_PRESENT, pos_docs, "pos", pos_out),
+                (ANSWER_ABSENT, neg_docs, "neg", neg_out),
             ):
                 samples.append(
                     ProbeSample(
-                        f"{qid}.{tag}", qid, tid, domain, qi, label, tuple(str(d) for d in docs)
+                        f"{qid}.{tag}",
+                        qid,
+                        tid,
+                        domain,
+                        qi,
+                        label,
+                        tuple(str(d) for d in docs),
+                        n_out,
                     )
                 )
     return samples
 
 
-def split_topics(topics: dict[str, TopicRecord], test_fraction: float, seed: int) -> dict[str, str]:
-    """Topic -> "train" | "test", stratified by domain and seeded; never depends on languages."""
-    by_domain: dict[str, list[str]] = defaultdict(list)
+def split_topics(
+    topics: dict, test_fraction: float, seed: int, documents: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Topic -> "train" | "test", by document (all passages of one document, and their
+    translations, on one side), stratified by domain and seeded; never depends on languages.
+
+    ``documents`` maps topic -> document (default: each topic its own document, as in the shipped
+    corpus). A domain too small to give both sides a document (e.g. XQuAD, where each article is
+    its own domain) is pooled with the other such domains and split with them (our choice).
+    """
+    doc_of = documents or {tid: tid for tid in topics}
+    doc_domain: dict[str, str] = {}
     for tid in sorted(topics):
-        by_domain[topics[tid].domain].append(tid)
-    split = {}
-    for domain, tids in sorted(by_domain.items()):
-        order = _rng_for(seed, f"split/{domain}").permutation(len(tids))
-        n_test = max(1, round(len(tids) * test_fraction))
+        doc_domain.setdefault(doc_of[tid], topics[tid].domain)
+    by_domain: dict[str, list[str]] = defaultdict(list)
+    for doc in sorted(doc_domain):
+        by_domain[doc_domain[doc]].append(doc)
+    strata: dict[str, list[str]] = {}
+    pooled: list[str] = []
+    for domain, docs in sorted(by_domain.items()):
+        if len(docs) >= 2 and round(len(docs) * test_fraction) < len(docs):
+            strata[domain] = docs
+        else:
+            pooled += docs
+    if pooled:
+        strata["\0pooled small domains"] = sorted(pooled)
+    doc_split = {}
+    for name, docs in strata.items():
+        order = _rng_for(seed, f"split/{name}").permutation(len(docs))
+        n_test = max(1, round(len(docs) * test_fraction)) if len(docs) >= 2 else 0
         for rank, idx in enumerate(order):
-            split[tids[idx]] = "test" if rank < n_test else "train"
-    return split
+            doc_split[docs[idx]] = "test" if rank < n_test else "train"
+    return {tid: doc_split[doc_of[tid]] for tid in topics}
 
 
-def format_prompt(
-    sample: ProbeSample, corpus_lang: dict[str, TopicRecord], lang: str, localized: bool
+def side_counts(samples: list[ProbeSample], split: dict[str, str]) -> dict:
+    """Per side of the split: samples, distractors drawn, and how many came from other domains."""
+    out: dict[str, dict[str, int]] = {}
+    for s in samples:
+        c = out.setdefault(split[s.topic_id], {"samples": 0, "distractors": 0, "outside_domain": 0})
+        c["samples"] += 1
+        c["distractors"] += len(s.doc_topics) - (s.label == ANSWER_PRESENT)
+        c["outside_domain"] += s.outside_domain
+    return dict(sorted(out.items()))
+
+
+def context_prompt(
+    question: str, contexts: list[tuple[str, str]], lang: str, localized: bool
 ) -> str:
-    query_rec = corpus_lang[sample.topic_id]
-    question = query_rec.questions[sample.question_index - 1]
+    """The A.3.2 prompt for one question and its (title, passage) contexts."""
     instruction = INSTRUCTION_LOCAL[lang] if localized else INSTRUCTION_EN
-    contexts = "\n".join(
-        f"[{i}] {corpus_lang[t].title}: {corpus_lang[t].passage}"
-        for i, t in enumerate(sample.doc_topics, 1)
-    )
-    return f"{instruction}\nQUESTION: {question}\nCONTEXTS:\n{contexts}\nOUTPUT:"
+    lines = "\n".join(f"[{i}] {title}: {passage}" for i, (title, passage) in enumerate(contexts, 1))
+    return f"{instruction}\nQUESTION: {question}\nCONTEXTS:\n{lines}\nOUTPUT:"
+
+
+def format_prompt(sample: ProbeSample, corpus_lang: dict, lang: str, localized: bool) -> str:
+    question = corpus_lang[sample.topic_id].questions[sample.question_index - 1]
+    contexts = [(corpus_lang[t].title, corpus_lang[t].passage) for t in sample.doc_topics]
+    return context_prompt(question, contexts, lang, localized)
 
 
 def probe_rows(

@@ -5,8 +5,9 @@ the file, line and field of bad input.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from xlalign.sources.corpus import CorpusError, TopicRecord, parse_record
@@ -121,7 +122,8 @@ def check_languages(source: str, requested: Iterable[str]) -> list[str]:
 class PassageRecord:
     """One passage of a parallel source in one language, shaped like a corpus topic.
 
-    ``mcq_*`` are None where the source has no options (XQuAD); ``answers`` holds the gold answer
+    ``mcq_*`` are None where the source has no options (XQuAD); ``document`` is the article the
+    passage comes from (several passages can share one), "" where passage and document coincide; ``answers`` holds the gold answer
     text of each of the two questions (XQuAD: first annotated answer; Belebele: the gold option).
     Only records with an MCQ convert to ``TopicRecord``.
     """
@@ -138,6 +140,8 @@ class PassageRecord:
     mcq_question: str | None = None
     mcq_options: tuple[str, ...] | None = None
     mcq_answer: str | None = None
+    # The unit translations share and the probe splits by: XQuAD's article, Belebele's linked page.
+    document: str = ""
 
     @property
     def has_mcq(self) -> bool:
@@ -247,6 +251,56 @@ class MathItem:
     lang: str
     question: str
     answer_number: float
+
+
+# ---------------------------------------------------------------------------------------- cleaning
+
+CLEAN_FIELDS = ("title", "passage", "questions")
+_NEWLINES = re.compile(r"\s*[\r\n\u2028\u2029\x0b\x0c\x85]+\s*")
+
+
+def clean_text(text: str) -> tuple[str, tuple[str, ...]]:
+    """``text`` without byte-order marks, with line breaks joined by one space and no leading or
+    trailing whitespace, and which of those fixes applied (``bom``, ``newlines``, ``outer_whitespace``).
+
+    A prompt lists one context a line (``[i] title: passage``); a line break inside a passage would
+    start what reads as another, unnumbered context."""
+    fixes = []
+    if "\ufeff" in text:
+        text = text.replace("\ufeff", "")
+        fixes.append("bom")
+    stripped = text.strip()
+    if stripped != text:
+        fixes.append("outer_whitespace")
+    joined = _NEWLINES.sub(" ", stripped)
+    if joined != stripped:
+        fixes.append("newlines")
+    return joined, tuple(fixes)
+
+
+def clean_records(records: dict[str, dict[str, object]]) -> tuple[dict, dict]:
+    """Every record's title, passage and questions through ``clean_text``; the records (same type,
+    via ``dataclasses.replace``) and counts of fields changed per fix, for the data report."""
+    counts = {"bom": 0, "newlines": 0, "outer_whitespace": 0, "fields_changed": 0}
+    out: dict[str, dict[str, object]] = {}
+    for lang, recs in records.items():
+        out[lang] = {}
+        for tid, rec in recs.items():
+            changes = {}
+            for name in CLEAN_FIELDS:
+                value = getattr(rec, name)
+                texts = value if isinstance(value, tuple) else (value,)
+                cleaned = []
+                for t in texts:
+                    new, fixes = clean_text(t)
+                    for fix in fixes:
+                        counts[fix] += 1
+                    counts["fields_changed"] += bool(fixes)
+                    cleaned.append(new)
+                if tuple(cleaned) != texts:
+                    changes[name] = tuple(cleaned) if isinstance(value, tuple) else cleaned[0]
+            out[lang][tid] = replace(rec, **changes) if changes else rec
+    return out, counts
 
 
 # ---------------------------------------------------------------------------------------- helpers

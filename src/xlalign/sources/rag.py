@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -43,7 +44,8 @@ def load_xquad(path_or_dir: str | Path, langs: list[str]) -> PassageSet:
     """XQuAD (``xquad.<lang>.json``, SQuAD v1.1 layout) as parallel passages.
 
     Paragraph i of article j is the same passage in every language, so its topic id is
-    ``xq-<j>-<i>``; its domain is the English article title, so ``xquad.en.json`` is always read.
+    ``xq-<j>-<i>``; its domain is the English article title, so ``xquad.en.json`` is always read,
+    and its document ``xq-<j>`` (the probe splits by article: paragraphs of one article share it).
     XQuAD has no options: records carry the two questions' gold answer texts and no MCQ.
     Paragraphs with fewer than two questions in English or any requested language are skipped
     and listed in ``skipped``.
@@ -116,6 +118,7 @@ def load_xquad(path_or_dir: str | Path, langs: list[str]) -> PassageSet:
                 questions=qs,
                 answers=ans,
                 source="xquad",
+                document=tid.rsplit("-", 1)[0],  # xq-<article>
             )
     return PassageSet("xquad", langs, out, skipped=tuple(sorted(short, key=_topic_sort_key)))
 
@@ -270,6 +273,7 @@ def load_belebele(
                 mcq_question=first.question,
                 mcq_options=tuple(first.options),
                 mcq_answer=first.answer,
+                document=link,  # FLORES took several passages from one linked page
             )
     return PassageSet("belebele", langs, records, skipped=skipped, mcq_items=mcq_items)
 
@@ -320,6 +324,83 @@ def _rng(seed: int, lang: str, query_id: str) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "little"))
 
 
+@dataclass(frozen=True)
+class NoMiraclQuery:
+    """One NoMIRACL query with every candidate passage, as (docid, title, text)."""
+
+    query_id: str
+    lang: str
+    query: str
+    positives: tuple[tuple[str, str, str], ...]
+    negatives: tuple[tuple[str, str, str], ...]
+    where: str
+
+    @property
+    def relevant(self) -> bool:
+        return bool(self.positives)
+
+    @property
+    def docids(self) -> frozenset[str]:
+        return frozenset(d for d, _, _ in self.positives + self.negatives)
+
+
+def read_nomiracl(
+    langs: list[str],
+    source: str = "miracl/nomiracl",
+    split: str = "test",
+    data_dir: str | Path | None = None,
+    revision: str | None = None,
+) -> dict[str, list[NoMiraclQuery]]:
+    """Every query of ``<split>.relevant`` then ``<split>.non_relevant`` per language, in file order
+    (hub or ``data_dir`` as in ``load_nomiracl``), checked but not yet sampled."""
+    langs = check_languages("nomiracl", langs)
+    if split not in ("test", "dev"):
+        raise ValueError(f"NoMIRACL split must be 'test' or 'dev', got {split!r}")
+    out: dict[str, list[NoMiraclQuery]] = {}
+    for lang in langs:
+        config = NOMIRACL_CONFIGS[lang]
+        out[lang] = []
+        for subset in NOMIRACL_SUBSETS:
+            relevant = subset == "relevant"
+            for where, raw in _nomiracl_rows(config, subset, source, split, data_dir, revision):
+                qid = str(_get(raw, "query_id", where))
+                query = _nonempty(_get(raw, "query", where), where, "query")
+                pos = _passages(raw, "positive_passages", where)
+                neg = _passages(raw, "negative_passages", where)
+                if relevant and not pos:
+                    raise CorpusError(
+                        f"{where}: relevant-subset query {qid} has no positive passage"
+                    )
+                if not relevant and pos:
+                    raise CorpusError(f"{where}: non-relevant query {qid} has positive passages")
+                out[lang].append(NoMiraclQuery(qid, lang, query, tuple(pos), tuple(neg), where))
+    return out
+
+
+def sample_nomiracl_query(
+    q: NoMiraclQuery, k: int, seed: int, exclude: frozenset[str] = frozenset()
+) -> NoMiraclSample | None:
+    """A relevant query gets one of its positives and k-1 negatives, a non-relevant one k negatives,
+    none of them in ``exclude`` (docids); choice and order seeded per query. None if too few."""
+    pos = [p for p in q.positives if p[0] not in exclude]
+    neg = [p for p in q.negatives if p[0] not in exclude]
+    n_neg = k - 1 if q.relevant else k
+    if len(neg) < n_neg or (q.relevant and not pos):
+        return None
+    rng = _rng(seed, q.lang, q.query_id)
+    chosen = ([rng.choice(pos)] if q.relevant else []) + rng.sample(neg, n_neg)
+    rng.shuffle(chosen)
+    return NoMiraclSample(
+        query_id=q.query_id,
+        lang=q.lang,
+        query=q.query,
+        passages=[(title, text) for _, title, text in chosen],
+        label=ANSWER_PRESENT if q.relevant else ANSWER_ABSENT,
+        relevant_count=int(q.relevant),
+        docids=tuple(docid for docid, _, _ in chosen),
+    )
+
+
 def load_nomiracl(
     langs: list[str],
     k: int,
@@ -340,42 +421,11 @@ def load_nomiracl(
     langs = check_languages("nomiracl", langs)
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    if split not in ("test", "dev"):
-        raise ValueError(f"NoMIRACL split must be 'test' or 'dev', got {split!r}")
+    queries = read_nomiracl(langs, source, split, data_dir, revision)
     samples: dict[str, list[NoMiraclSample]] = {}
     skipped: dict[str, int] = {}
     for lang in langs:
-        config = NOMIRACL_CONFIGS[lang]
-        samples[lang], skipped[lang] = [], 0
-        for subset in NOMIRACL_SUBSETS:
-            relevant = subset == "relevant"
-            for where, raw in _nomiracl_rows(config, subset, source, split, data_dir, revision):
-                qid = str(_get(raw, "query_id", where))
-                query = _nonempty(_get(raw, "query", where), where, "query")
-                pos = _passages(raw, "positive_passages", where)
-                neg = _passages(raw, "negative_passages", where)
-                if relevant and not pos:
-                    raise CorpusError(
-                        f"{where}: relevant-subset query {qid} has no positive passage"
-                    )
-                if not relevant and pos:
-                    raise CorpusError(f"{where}: non-relevant query {qid} has positive passages")
-                n_neg = k - 1 if relevant else k
-                if len(neg) < n_neg:
-                    skipped[lang] += 1
-                    continue
-                rng = _rng(seed, lang, qid)
-                chosen = ([rng.choice(pos)] if relevant else []) + rng.sample(neg, n_neg)
-                rng.shuffle(chosen)
-                samples[lang].append(
-                    NoMiraclSample(
-                        query_id=qid,
-                        lang=lang,
-                        query=query,
-                        passages=[(title, text) for _, title, text in chosen],
-                        label=ANSWER_PRESENT if relevant else ANSWER_ABSENT,
-                        relevant_count=int(relevant),
-                        docids=tuple(docid for docid, _, _ in chosen),
-                    )
-                )
+        drawn = [sample_nomiracl_query(q, k, seed) for q in queries[lang]]
+        samples[lang] = [s for s in drawn if s is not None]
+        skipped[lang] = len(drawn) - len(samples[lang])
     return NoMiraclSet(k=k, seed=seed, samples=samples, skipped=skipped)
