@@ -24,13 +24,13 @@ COMPLETIONS = [
 ]  # chosen x3, rejected x3
 
 
-def tiny_gemma3(n_layers: int = 6):
+def tiny_gemma3(n_layers: int = 6, vocab_size: int = 128):
     """A random Gemma-3 text model: sliding-window and global layers, two rotary bases, soft-capping."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(0)
     cfg = Gemma3TextConfig(
-        vocab_size=128,
+        vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=n_layers,
@@ -228,3 +228,35 @@ def test_reuse_does_not_apply_where_lower_layers_are_trained_or_dropped_out():
     g.config.attention_dropout = 0.1
     g.train()
     assert fc.safe_boundary(g) == 0
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "llama"])
+def test_scores_equal_the_uncached_path(kind, tiny_model_and_tokenizer, tmp_path):
+    """score_prompts with a store attached: the same first-token and whole-answer log-probs, for the
+    base model (boundary given) and for an adapted one; the second pass reads every prompt's states."""
+    from xlalign.evaluation.scoring import SCORE_COLUMNS, score_prompts
+
+    base, tok = tiny_model_and_tokenizer
+    if kind == "gemma3":
+        base = tiny_gemma3(vocab_size=len(tok))
+    boundary = base.config.num_hidden_layers - 1
+    prompts = [
+        "Passage: the river floods every spring. Question: when does it flood? Answer:",
+        "Passage: 東京は日本の首都です。 Question: what is the capital? Answer:",
+        "Q: ok? Answer:",
+    ]
+    for model in (base, lora_top(base, 1)):
+        model.eval()
+        fc.detach(model)
+        ref = score_prompts(model, tok, prompts, batch_size=2)
+        store = fc.attach(model, boundary=boundary, directory=tmp_path)
+        assert store is not None
+        first = score_prompts(model, tok, prompts, batch_size=3)
+        second = score_prompts(model, tok, prompts, batch_size=2)
+        assert store.hits >= len(prompts)
+        for got in (first, second):
+            for a, b in zip(got, ref, strict=True):
+                assert a["pred"] == b["pred"]
+                for col in SCORE_COLUMNS:
+                    assert a[col] == pytest.approx(b[col], abs=1e-5), col
+        fc.detach(model)

@@ -13,8 +13,9 @@ import torch
 
 from xlalign.evaluation.parse import INVALID, parse_nomiracl
 from xlalign.generation import greedy_generate
-from xlalign.lm import batches, encode, eval_mode, input_device, pad_id, prefill
+from xlalign.lm import batches, encode, eval_mode, input_device, pad_id
 from xlalign.probe.build import ANSWER_ABSENT, ANSWER_PRESENT
+from xlalign.training.frozen_cache import prefill_reusing
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +126,18 @@ def _score_batch(
     model, splits: list[tuple[list[int], list[int], list[int]]], pad_id: int
 ) -> list[dict]:
     device = input_device(model)
-    out, mask = prefill(model, [ctx for ctx, _, _ in splits], pad_id, device)
+    # Continuations interleaved (item0 present, item0 absent, item1 present, ...) to line up with
+    # ``batch_repeat_interleave(2)`` of the cache.
+    conts = [c for _, p, a in splits for c in (p, a)]
+    # With a frozen-state store attached (training.frozen_cache), the frozen lower layers are not run.
+    out, mask, forward = prefill_reusing(
+        model, [ctx for ctx, _, _ in splits], pad_id, device, [c[:-1] for c in conts],
+        [j // 2 for j in range(len(conts))],
+    )  # fmt: skip
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
     first_ids = torch.tensor([[p[0], a[0]] for _, p, a in splits], device=first.device)
     first_lp = first.gather(1, first_ids)  # (B, 2): present, absent
 
-    # Continuations interleaved (item0 present, item0 absent, item1 present, ...) to line up with
-    # ``batch_repeat_interleave(2)`` of the cache.
-    conts = [c for _, p, a in splits for c in (p, a)]
     rest = torch.zeros(len(conts), device=first.device)
     width = max(len(c) for c in conts) - 1
     if width > 0:
@@ -154,8 +159,8 @@ def _score_batch(
         cont_ids, targets, cont_mask = cont_ids.to(device), targets.to(device), cont_mask.to(device)
         ctx_mask = mask.repeat_interleave(2, dim=0)
         start = ctx_mask.sum(-1, keepdim=True)
-        out2 = model(
-            input_ids=cont_ids,
+        out2 = forward(
+            cont_ids,
             attention_mask=torch.cat([ctx_mask, cont_mask], dim=1),
             position_ids=start + torch.arange(width, device=device),
             past_key_values=cache,
