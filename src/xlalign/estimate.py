@@ -1,0 +1,304 @@
+"""How long a notebook, or the chain, will take on this machine: measured throughput x counted work.
+
+``measure(profile)`` times, in a few seconds and on the profile's model in its resolved dtype, a
+scoring forward over real probe prompts, one LoRA forward+backward, a few decoding steps, a model
+load and the import a notebook kernel pays. ``estimate_plan`` multiplies these by the work that
+``xlalign.plan`` counts (prompt tokens scored, training steps x tokens per step, CALM samples x new
+tokens, probe items, model loads). The cost model is this project's, not the papers'.
+
+    from xlalign.estimate import estimate_notebook, about
+    print(about("notebook 03's aligned arm", estimate_notebook(profile, "03")))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from xlalign.config import Profile
+from xlalign.plan import ModelRun, NotebookPlan, format_seconds, plan_chain, plan_notebook
+
+# Our constants, not measured per machine (seconds); calibrated against smoke and cpu runs here.
+KERNEL_START_S = 3.0  # papermill + a Jupyter kernel, beyond the imports that ``measure`` times
+TRAIN_SETUP_S = 4.0  # TRL trainer construction, dataset mapping, adapter save
+BENCH_SETUP_S = 6.0  # lm-eval task building per benchmark run
+BENCH_TOKENS_PER_REQUEST = 96  # local stand-in tasks: a short context + one choice
+BENCH_REQUESTS_PER_ITEM = 4  # multiple choice: one log-likelihood request per option
+CALM_PROMPT_TOKENS = 160  # a CALM question with its options (shipped corpus MCQs)
+CACHE_MAX_AGE_S = 24 * 3600
+TOKEN_SAMPLE_PER_LANG = 8
+
+
+@dataclass
+class Throughput:
+    """Seconds per unit of work on this machine for one model and dtype."""
+
+    model: str
+    dtype: str
+    device: str
+    load_s: float  # one (cached) model load
+    forward_s_per_token: float  # scoring prefill, at the profile's eval batch size
+    train_s_per_token: float  # LoRA forward + backward, per token of the batch
+    decode_s_per_step: float  # one decoding step of a batch of ``decode_batch`` rows
+    decode_batch: int
+    startup_s: float  # a notebook kernel's imports
+    tokenize_s_per_row: float  # tokenizing one probe prompt (the data steps' length checks)
+    tokens_per_lang: dict[str, float] = field(default_factory=dict)  # mean rendered prompt tokens
+    answer_tokens: float = 6.0
+    measured_s: float = 0.0  # how long the measurement took
+    measured_at: float = 0.0
+    host: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _host() -> str:
+    return f"{platform.node()}/{os.cpu_count()}cpu"
+
+
+def _cache_file(profile: Profile, dtype: str) -> Path:
+    safe = f"{profile.model.name}-{dtype}-{_host()}".replace("/", "_")
+    return profile.cache_path / "throughput" / f"{safe}.json"
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+NOTEBOOK_IMPORTS = "import xlalign.experiments, xlalign.report, xlalign.calm, peft, trl"
+
+
+def _import_seconds() -> float:
+    """What importing every notebook's modules costs a fresh kernel: timed here when this process
+    has not imported them yet (``make reproduce``), else in a fresh interpreter."""
+    t0 = time.perf_counter()
+    if "transformers" not in sys.modules:
+        exec(NOTEBOOK_IMPORTS, {})  # noqa: S102 - a fixed import line
+    else:
+        subprocess.run([sys.executable, "-c", NOTEBOOK_IMPORTS], check=False, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Throughput:
+    """Time the profile's model on this machine (a few seconds; cached for a day per model, dtype
+    and host unless ``fresh``). ``startup``: also time a kernel's imports in a subprocess."""
+    import torch
+
+    from xlalign.evaluation.scoring import score_prompts
+    from xlalign.lm import encode
+    from xlalign.models import dtype_record, load_model, lora_config
+    from xlalign.probe.build import render_prompt
+    from xlalign.probe.dataset import build_probe_data
+
+    dtype = str(dtype_record(profile).get("resolved", profile.model.dtype))
+    cache = _cache_file(profile, dtype)
+    if not fresh and cache.exists():
+        try:
+            d = json.loads(cache.read_text())
+            if time.time() - d.get("measured_at", 0) < CACHE_MAX_AGE_S:
+                return Throughput(**d)
+        except (ValueError, TypeError):
+            pass  # a damaged or older cache entry is measured again
+    t_all = time.perf_counter()
+    startup_s = _import_seconds() if startup else 0.0
+    t0 = time.perf_counter()
+    model, tok = load_model(profile)
+    load_s = time.perf_counter() - t0
+    model.eval()
+    fmt = profile.model.prompt_format
+
+    # Mean rendered prompt length per language, and the cost of tokenizing, on a sample.
+    data = build_probe_data(profile)
+    by_lang: dict[str, list[str]] = {}
+    for r in data.test_rows:
+        if len(by_lang.setdefault(r["lang"], [])) < TOKEN_SAMPLE_PER_LANG:
+            by_lang[r["lang"]].append(render_prompt(r["prompt"], tok, fmt))
+    t0 = time.perf_counter()
+    lengths = {lang: [len(encode(tok, p)) for p in ps] for lang, ps in by_lang.items()}
+    n_rows = sum(len(v) for v in lengths.values())
+    tokenize_s = (time.perf_counter() - t0) / max(1, n_rows)
+    tokens_per_lang = {lang: float(statistics.mean(v)) for lang, v in lengths.items()}
+    answers = [len(tok(a, add_special_tokens=False)["input_ids"]) for a in _answers()]
+    sample = [by_lang[lang][0] for lang in sorted(by_lang)]
+
+    with torch.inference_mode():
+        score_prompts(model, tok, sample[:1], batch_size=1)  # warm-up (allocations, lazy init)
+        n = min(len(sample), max(2, min(profile.eval.batch_size, 4)))
+        dt = _timed(lambda: score_prompts(model, tok, sample[:n], batch_size=n))
+    fwd = dt / sum(len(encode(tok, p)) for p in sample[:n])
+
+    decode_batch = max(1, profile.calm.sample_batch_size)
+    ids = torch.randint(10, 1000, (decode_batch, 32))
+    steps = 6
+    with torch.inference_mode():
+        dt = _timed(
+            lambda: model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=steps,
+                min_new_tokens=steps,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        )
+    decode = max(1e-4, (dt - ids.numel() * fwd) / steps)
+
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model, lora_config(profile, model))
+    peft_model.train()
+    batch = [encode(tok, p) for p in sample[:2]]
+    width = min(len(b) for b in batch)
+    x = torch.tensor([b[:width] for b in batch])
+
+    def step():
+        out = peft_model(input_ids=x, logits_to_keep=8)
+        out.logits.float().logsumexp(-1).mean().backward()
+
+    step()  # warm-up: autograd graph, LoRA weights
+    peft_model.zero_grad()
+    train = _timed(step) / x.numel()
+
+    th = Throughput(
+        model=profile.model.name,
+        dtype=dtype,
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        load_s=round(load_s, 3),
+        forward_s_per_token=fwd,
+        train_s_per_token=train,
+        decode_s_per_step=decode,
+        decode_batch=decode_batch,
+        startup_s=round(startup_s, 3),
+        tokenize_s_per_row=tokenize_s,
+        tokens_per_lang=tokens_per_lang,
+        answer_tokens=float(statistics.mean(answers)),
+        measured_s=round(time.perf_counter() - t_all, 2),
+        measured_at=time.time(),
+        host=_host(),
+    )
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(th.to_dict(), indent=1))
+    except OSError:
+        pass  # a read-only cache only costs a new measurement next time
+    return th
+
+
+def _answers() -> list[str]:
+    from xlalign.probe.build import ANSWER_ABSENT, ANSWER_PRESENT
+
+    return [ANSWER_PRESENT, ANSWER_ABSENT]
+
+
+# --------------------------------------------------------------------------- the cost model
+
+
+def _tokens(rows: list[dict], th: Throughput) -> float:
+    """Prompt tokens of ``rows``, from the measured mean per language."""
+    default = statistics.mean(th.tokens_per_lang.values()) if th.tokens_per_lang else 400.0
+    return sum(th.tokens_per_lang.get(r.get("lang"), default) for r in rows)
+
+
+def run_seconds(run: ModelRun, th: Throughput) -> float:
+    """Seconds for one planned run (0 when it reuses an earlier one)."""
+    if run.reuses:
+        return 0.0
+    p = run.profile
+    if run.kind in ("eval", "probe"):
+        s = th.load_s + _tokens(run.rows, th) * th.forward_s_per_token
+        if run.kind == "eval" and p is not None and p.eval.mode == "generation":
+            batches = math.ceil(len(run.rows) / max(1, p.eval.batch_size))
+            s += batches * p.eval.max_new_tokens * th.decode_s_per_step
+        return s
+    if run.kind == "train":
+        t = p.train
+        per_pair = _tokens(run.pairs, th) / max(1, len(run.pairs)) if run.pairs else 400.0
+        # One prompt encoding per pair (train.share_prompt), else chosen and rejected each in full.
+        pair_tokens = (
+            per_pair + 2 * th.answer_tokens if t.share_prompt else 2 * (per_pair + th.answer_tokens)
+        )
+        rows = (run.steps or 0) * t.batch_size * t.grad_accum
+        s = th.load_s + TRAIN_SETUP_S + rows * pair_tokens * th.train_s_per_token
+        if t.method == "dpo":  # the reference model's forward (adapters disabled)
+            s += rows * pair_tokens * th.forward_s_per_token
+        return s
+    if run.kind == "calm-sample":
+        items = run.items or 0
+        prompts = items / max(1, p.calm.num_samples)
+        steps = math.ceil(items / max(1, run.batch_size or 1)) * (run.new_tokens or 0)
+        return (
+            th.load_s
+            + prompts * CALM_PROMPT_TOKENS * th.forward_s_per_token
+            + steps * th.decode_s_per_step
+        )
+    if run.kind == "calm-train":
+        tokens = (CALM_PROMPT_TOKENS + 2 * p.calm.max_new_tokens) * (run.batch_size or 1)
+        s = TRAIN_SETUP_S + (run.steps or 0) * tokens * th.train_s_per_token
+        if run.method == "dpo":
+            s += (run.steps or 0) * tokens * th.forward_s_per_token
+        return s
+    if run.kind == "calm-eval":
+        items = run.items or 0
+        steps = math.ceil(items / max(1, run.batch_size or 1)) * (run.new_tokens or 0)
+        return items * CALM_PROMPT_TOKENS * th.forward_s_per_token + steps * th.decode_s_per_step
+    if run.kind == "benchmark":
+        from xlalign.experiments.generalization import benchmark_tasks
+
+        tasks, _include, limit = benchmark_tasks(p)
+        n_tasks = len(tasks) * 2  # each named task runs in the paper's languages (two locally)
+        requests = n_tasks * (limit or 0) * BENCH_REQUESTS_PER_ITEM
+        return (
+            th.load_s + BENCH_SETUP_S + requests * BENCH_TOKENS_PER_REQUEST * th.forward_s_per_token
+        )
+    return 0.0
+
+
+def notebook_seconds(nb: NotebookPlan, th: Throughput) -> float:
+    """A notebook's kernel start, its data steps and its runs."""
+    data = sum(1 for d in nb.datasets if d.startswith(("probe corpus", "machine-translated")))
+    n_rows = sum(len(r.rows) for r in nb.runs if r.kind == "eval" and not r.reuses)
+    s = th.startup_s + KERNEL_START_S
+    # Each data step tokenizes the probe for its length checks (about a thousand prompts here).
+    s += data * max(n_rows, 1000) * th.tokenize_s_per_row
+    return s + sum(run_seconds(r, th) for r in nb.runs)
+
+
+def estimate_plan(plans: list[NotebookPlan], th: Throughput) -> dict[str, float]:
+    return {nb.notebook: round(notebook_seconds(nb, th), 1) for nb in plans}
+
+
+def estimate_chain(
+    profile: Profile, th: Throughput | None = None, only: list[str] | None = None
+) -> dict[str, float]:
+    """Expected seconds per notebook of ``make reproduce`` (reuse across notebooks counted)."""
+    th = th or measure(profile)
+    return estimate_plan(plan_chain(profile, only=only), th)
+
+
+def estimate_notebook(
+    profile: Profile, notebook: str, alone: bool = True, th: Throughput | None = None
+) -> float:
+    """Expected seconds of one notebook on this machine. ``alone`` (default): run on its own in a
+    fresh run directory, as in JupyterLab; False: as part of the chain (earlier runs reused)."""
+    th = th or measure(profile, startup=False)
+    return round(notebook_seconds(plan_notebook(profile, notebook, alone=alone), th), 1)
+
+
+def estimate_runs(runs: list[ModelRun], th: Throughput) -> float:
+    return round(sum(run_seconds(r, th) for r in runs), 1)
+
+
+def about(what: str, seconds: float) -> str:
+    """One line before a long step: ``computing X, about N min on this machine``."""
+    return f"computing {what}, about {format_seconds(seconds)} on this machine"
