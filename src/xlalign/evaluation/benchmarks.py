@@ -10,7 +10,12 @@ import functools
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Shipped with the package: offline stand-ins for MMMLU (xl_local_mc_<lang>) and LAMBADA
 # (xl_local_lambada_<lang>) in lm-eval's YAML format, with invented items as local jsonl.
@@ -91,6 +96,33 @@ LOCAL_TASKS: dict[str, dict[str, tuple[str, ...]]] = {
     "xl_local_lambada": _one_each("xl_local_lambada_{lang}", "en es"),
 }
 
+# What every table row of a LOCAL_TASKS benchmark says about itself.
+STAND_IN_NOTE = "local stand-in (invented items in lm-eval's format, run offline); not MMMLU/MGSM/PAWS-X/LAMBADA"
+
+
+def is_stand_in(benchmark: str) -> bool:
+    """True for the shipped offline tasks (LOCAL_TASKS), which stand in for the papers' benchmarks."""
+    return benchmark in LOCAL_TASKS
+
+
+# Columns of the paper's Tables 2-4 (data/paper/ba_t02..04) -> (benchmark, metric, filter, scale).
+# Each cell is the unweighted mean over the benchmark's evaluated languages (the paper prints one
+# number per model and does not say how it averaged). MGSM "exact match" is lm-eval's
+# flexible-extract filter (the number taken from the answer), our choice of its two filters.
+PAPER_COLUMNS: dict[str, tuple[str, str, str, float]] = {
+    "mmmlu": ("mmmlu", "acc", "none", 100.0),
+    "mgsm_em": ("mgsm", "exact_match", "flexible-extract", 100.0),
+    "lambada_ppl": ("lambada", "perplexity", "none", 1.0),
+    "lambada_acc": ("lambada", "acc", "none", 100.0),
+    "pawsx_acc": ("pawsx", "acc", "none", 100.0),
+}
+# The stand-ins' columns, named so that no table can mistake them for the paper's.
+LOCAL_COLUMNS: dict[str, tuple[str, str, str, float]] = {
+    "local_stand_in_mc_acc": ("xl_local_mc", "acc", "none", 100.0),
+    "local_stand_in_lambada_ppl": ("xl_local_lambada", "perplexity", "none", 1.0),
+    "local_stand_in_lambada_acc": ("xl_local_lambada", "acc", "none", 100.0),
+}
+
 # Metrics lm-eval aggregates as a plain mean over items, so a size-weighted mean of per-task values
 # equals the pooled value; perplexity (exp of the mean negative log-likelihood) pools in log space.
 _MEAN_METRICS = {"acc", "acc_norm", "exact_match", "f1", "mcc"}
@@ -132,6 +164,52 @@ def paper_task_names(
                 )
             names.extend(n for n in registry[bench][lang] if n not in names)
     return names
+
+
+def resolve_benchmarks(
+    names: Iterable[str], langs: Iterable[str]
+) -> dict[str, dict[str, tuple[str, ...]]]:
+    """A registry (benchmark -> language -> tasks) for a profile's ``experiments.benchmarks``.
+
+    A key of PAPER_TASKS or LOCAL_TASKS becomes its cells for the languages of ``langs`` it has
+    (in the order of ``langs``); a key with none of them raises :class:`BenchmarkError` naming the
+    languages it has. Any other name is taken as one explicit lm-eval task (language ""), checked
+    against lm-eval's index when it runs.
+    """
+    langs = list(dict.fromkeys(langs))
+    out: dict[str, dict[str, tuple[str, ...]]] = {}
+    for name in dict.fromkeys(names):
+        registry = PAPER_TASKS if name in PAPER_TASKS else LOCAL_TASKS
+        if name not in registry:
+            out[name] = {"": (name,)}
+            continue
+        cells = {lang: registry[name][lang] for lang in langs if lang in registry[name]}
+        if not cells:
+            raise BenchmarkError(
+                f"benchmark {name!r} has no task in any of the profile's languages "
+                f"{' '.join(langs)}; it has: {' '.join(sorted(registry[name]))}"
+            )
+        out[name] = cells
+    return out
+
+
+def benchmark_plan(names: Iterable[str], langs: Iterable[str]) -> list[dict[str, Any]]:
+    """What notebook 06 would run, without lm-eval: one row per benchmark with its languages, the
+    number of lm-eval tasks, whether it is a local stand-in, and the languages it lacks."""
+    langs = list(dict.fromkeys(langs))
+    rows = []
+    for bench, cells in resolve_benchmarks(names, langs).items():
+        known = PAPER_TASKS.get(bench) or LOCAL_TASKS.get(bench) or cells
+        rows.append(
+            {
+                "benchmark": bench,
+                "langs": [lang for lang in cells if lang],
+                "tasks": sum(len(t) for t in cells.values()),
+                "stand_in": is_stand_in(bench),
+                "not_available": [lang for lang in langs if lang not in known],
+            }
+        )
+    return rows
 
 
 def missing_languages(
@@ -380,3 +458,220 @@ def run_benchmarks(
         if was_training:
             model.train()
     return {"rows": result_rows(raw), "raw": raw}
+
+
+# --------------------------------------------------------------------------- Tables 2-4 and tests
+
+# Per-item 0/1 metrics: paired by McNemar. Anything else (LAMBADA's per-item NLL) by paired bootstrap.
+_BINARY_METRICS = {"acc", "acc_norm", "exact_match"}
+
+
+def table_columns(registry: Mapping[str, Any]) -> dict[str, tuple[str, str, str, float]]:
+    """The Tables 2-4 columns (PAPER_COLUMNS) and stand-in columns (LOCAL_COLUMNS) of ``registry``."""
+    every = PAPER_COLUMNS | LOCAL_COLUMNS
+    return {col: spec for col, spec in every.items() if spec[0] in registry}
+
+
+def _item_metric(metric: str) -> str:
+    # item_rows stores a LAMBADA item's target log-likelihood as its NLL.
+    return "nll" if metric in _LOG_MEAN_METRICS else metric
+
+
+def _per_language(
+    items: Iterable[Mapping[str, Any]],
+    registry: Mapping[str, Mapping[str, tuple[str, ...]]],
+    bench: str,
+    metric: str,
+    filt: str,
+) -> dict[str, pd.Series]:
+    """Per language of ``bench``: the items' values indexed by (task, doc_id), sorted."""
+    import pandas as pd
+
+    lang_of = {t: lang for lang, tasks in registry[bench].items() for t in tasks}
+    want = _item_metric(metric)
+    keep = [
+        (lang_of[r["task"]], r["task"], r["doc_id"], r["value"])
+        for r in items
+        if r["task"] in lang_of and r["metric"] == want and r["filter"] == filt
+    ]
+    if not keep:
+        return {}
+    frame = pd.DataFrame(keep, columns=["lang", "task", "doc_id", "value"])
+    out = {}
+    for lang in registry[bench]:
+        part = frame[frame["lang"] == lang]
+        if len(part):
+            out[lang] = part.set_index(["task", "doc_id"])["value"].sort_index()
+    return out
+
+
+def _cell(arrays: Iterable[np.ndarray], metric: str) -> float:
+    """Unweighted mean over languages of each language's value (perplexity: exp of mean NLL)."""
+    per = [math.exp(a.mean()) if metric in _LOG_MEAN_METRICS else a.mean() for a in arrays]
+    return float(np.mean(per))
+
+
+def _bootstrap(
+    langs: list[list[np.ndarray]], metric: str, n_resamples: int, seed: int
+) -> np.ndarray:
+    """(n_resamples, arms) bootstrap values of :func:`_cell`: items resampled within each language,
+    with one draw shared by all arms (the arrays of a language are paired item by item)."""
+    rng = np.random.default_rng(seed)
+    arms = len(langs[0])
+    out = np.zeros((n_resamples, arms))
+    for arrays in langs:
+        n = len(arrays[0])
+        for start in range(0, n_resamples, 50):
+            size = min(50, n_resamples - start)
+            idx = rng.integers(0, n, size=(size, n))
+            for k, a in enumerate(arrays):
+                means = a[idx].mean(axis=1)
+                out[start : start + size, k] += (
+                    np.exp(means) if metric in _LOG_MEAN_METRICS else means
+                )
+    return out / len(langs)
+
+
+def _aligned(
+    series: list[dict[str, pd.Series]], labels: list[str], column: str
+) -> dict[str, list[np.ndarray]]:
+    """Per language, each arm's values on the same items; raises naming what differs."""
+    langs = list(series[0])
+    for s, label in zip(series[1:], labels[1:], strict=True):
+        if list(s) != langs:
+            raise BenchmarkError(
+                f"{column}: {label!r} was evaluated in languages {list(s)}, {labels[0]!r} in {langs}"
+            )
+    out = {}
+    for lang in langs:
+        first = series[0][lang]
+        for s, label in zip(series[1:], labels[1:], strict=True):
+            other = s[lang]
+            if not first.index.equals(other.index):
+                only = first.index.symmetric_difference(other.index)
+                raise BenchmarkError(
+                    f"{column} ({lang}): {labels[0]!r} and {label!r} scored different items "
+                    f"({len(first)} vs {len(other)}; e.g. {list(only[:3])}); evaluate both with "
+                    "the same tasks and limit"
+                )
+        out[lang] = [s[lang].to_numpy(dtype=float) for s in series]
+    return out
+
+
+def benchmark_table(
+    items: Mapping[str, Iterable[Mapping[str, Any]]],
+    registry: Mapping[str, Mapping[str, tuple[str, ...]]],
+    model: str,
+    *,
+    baseline: str = "baseline",
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Tables 2-4's layout in the tidy schema: per block of ``items`` (block -> item_rows), one row
+    per column of :func:`table_columns` with a 95% bootstrap CI and ``delta`` = value - ``baseline``.
+
+    Accuracies are in percent, perplexities as is. Stand-in columns go to table
+    ``ours_local_stand_in``, the paper's to ``ours_t02_04``.
+    """
+    import pandas as pd
+
+    rows = []
+    blocks = list(items)
+    for column, (bench, metric, filt, scale) in table_columns(registry).items():
+        per_block = {b: _per_language(items[b], registry, bench, metric, filt) for b in blocks}
+        have = [b for b in blocks if per_block[b]]
+        if not have:
+            continue
+        base = baseline if baseline in have else None
+        for block in have:
+            arms = [block] + ([base] if base and base != block else [])
+            langs = _aligned([per_block[b] for b in arms], arms, column)
+            value = _cell([a[0] for a in langs.values()], metric) * scale
+            boot = _bootstrap(list(langs.values()), metric, n_resamples, seed) * scale
+            low, high = np.percentile(boot[:, 0], [2.5, 97.5])
+            delta = np.nan
+            if base and base != block:
+                delta = value - _cell([a[1] for a in langs.values()], metric) * scale
+            rows.append(
+                {
+                    "table": "ours_local_stand_in" if is_stand_in(bench) else "ours_t02_04",
+                    "block": block,
+                    "model": model,
+                    "column": column,
+                    "value": value,
+                    "delta": delta,
+                    "ci_low": float(low),
+                    "ci_high": float(high),
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["table", "block", "model", "column", "value", "delta", "ci_low", "ci_high"]
+    )
+
+
+def paired_tests(
+    items_a: Iterable[Mapping[str, Any]],
+    items_b: Iterable[Mapping[str, Any]],
+    registry: Mapping[str, Mapping[str, tuple[str, ...]]],
+    *,
+    a: str = "a",
+    b: str = "b",
+    alpha: float = 0.01,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """One paired test of B against A per column of :func:`table_columns`, on the same items.
+
+    0/1 metrics (accuracy, exact match): McNemar over all items of the benchmark's languages
+    (``stats.mcnemar_test``: exact below 25 discordant pairs). Others (perplexity): a paired
+    bootstrap, items resampled within each language with one draw for both models; its p-value is
+    two-sided, twice the smaller share of resampled deltas on either side of 0 (at least
+    1/(n_resamples + 1)). Every row has delta = B - A with its 95% paired-bootstrap CI.
+    """
+    from xlalign.evaluation.stats import mcnemar_test
+
+    items_a, items_b = list(items_a), list(items_b)
+    out = []
+    for column, (bench, metric, filt, scale) in table_columns(registry).items():
+        sa = _per_language(items_a, registry, bench, metric, filt)
+        sb = _per_language(items_b, registry, bench, metric, filt)
+        if not sa or not sb:
+            continue
+        langs = _aligned([sa, sb], [a, b], column)
+        value_a = _cell([x[0] for x in langs.values()], metric) * scale
+        value_b = _cell([x[1] for x in langs.values()], metric) * scale
+        boot = _bootstrap(list(langs.values()), metric, n_resamples, seed) * scale
+        deltas = boot[:, 1] - boot[:, 0]
+        low, high = np.percentile(deltas, [2.5, 97.5])
+        pooled_a = np.concatenate([x[0] for x in langs.values()])
+        pooled_b = np.concatenate([x[1] for x in langs.values()])
+        binary = metric in _BINARY_METRICS and set(np.unique(np.r_[pooled_a, pooled_b])) <= {0, 1}
+        row = {
+            "column": column,
+            "benchmark": bench,
+            "metric": metric,
+            "filter": filt,
+            "stand_in": is_stand_in(bench),
+            "a": a,
+            "b": b,
+            "langs": " ".join(langs),
+            "n": int(pooled_a.size),
+            "value_a": value_a,
+            "value_b": value_b,
+            "delta": value_b - value_a,
+            "ci_low": float(low),
+            "ci_high": float(high),
+        }
+        if binary:
+            res = mcnemar_test(pooled_a, pooled_b, alpha=alpha)
+            row |= {"test": "mcnemar", "statistic": res.statistic, "pvalue": res.pvalue}
+            row |= {"discordant_b": res.b, "discordant_c": res.c}
+        else:
+            below = (np.sum(deltas <= 0) + 1) / (n_resamples + 1)
+            above = (np.sum(deltas >= 0) + 1) / (n_resamples + 1)
+            pvalue = float(min(1.0, 2 * min(below, above)))
+            row |= {"test": "paired bootstrap", "statistic": float("nan"), "pvalue": pvalue}
+            row |= {"discordant_b": None, "discordant_c": None}
+        row["significant"] = row["pvalue"] < alpha
+        out.append(row)
+    return out

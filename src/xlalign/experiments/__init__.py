@@ -23,7 +23,11 @@ from xlalign.experiments.batch_alignment import (  # noqa: F401
 )
 from xlalign.experiments.generalization import (  # noqa: F401
     aligned_arm,
+    benchmark_arms,
+    benchmark_registry,
+    notebook03_arm,
     out_of_domain,
+    out_of_domain_study,
     unseen_languages,
 )
 from xlalign.experiments.steps import (  # noqa: F401

@@ -1,17 +1,19 @@
 """Notebook 06 (batch-alignment paper §5.3-5.4): unseen languages and out-of-domain benchmarks for
-the base model and notebook 03's aligned adapter.
+the base model and notebook 03's adapters.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import time
 
 import pandas as pd
 
 from xlalign import results
 from xlalign.config import Profile, derive
 from xlalign.experiments.steps import (
+    adapter_label,
     compare,
     eval_subset,
     evaluate,
@@ -49,21 +51,28 @@ def benchmark_tasks(profile: Profile) -> tuple[list[str], str | None, int | None
     return tasks, include, profile.experiments.benchmark_limit or None
 
 
-def aligned_arm(profile: Profile, run: Run) -> TrainResult:
-    """Notebook 03's aligned adapter: read from the run, or trained now (the same configuration and
-    label as notebook 03's, so notebook 03 then reuses it) when this notebook runs on its own."""
+def notebook03_arm(profile: Profile, run: Run, method: str, batching: str) -> TrainResult:
+    """Notebook 03's ``method``/``batching`` adapter: read from the run, or trained now (the same
+    configuration and label as notebook 03's, so notebook 03 then reuses it) when this notebook
+    runs on its own."""
     from xlalign.models import load_tokenizer
 
-    label, p = aligned_arm_profile(profile)
+    label = results.arm(method, batching)
     done = run.path / "train" / label / "train_result.json"
     if done.exists():
         return TrainResult.from_dict(json.loads(done.read_text()))
+    p = derive(profile, train={"method": method, "batching": batching})
     print(
-        f"[xlalign] {label} (notebook 03's aligned arm) is not in {run.path}: training it now, "
+        f"[xlalign] {label} (notebook 03's {batching} arm) is not in {run.path}: training it now, "
         f"{p.train.max_steps if p.train.max_steps > 0 else 'all'} steps of batch {p.train.batch_size}"
     )
     data = prepare_data(profile, run, load_tokenizer(profile))
     return train(p, run, label, data)
+
+
+def aligned_arm(profile: Profile, run: Run) -> TrainResult:
+    """Notebook 03's aligned adapter of the profile's main method (ORPO where it runs)."""
+    return notebook03_arm(profile, run, _method(profile), "aligned")
 
 
 def unseen_languages(profile: Profile, run: Run) -> dict:
@@ -95,24 +104,122 @@ def unseen_languages(profile: Profile, run: Run) -> dict:
     return {"table": table, "mcnemar": compare(base, ours, profile.eval.alpha)}
 
 
-def out_of_domain(profile: Profile, run: Run) -> pd.DataFrame:
-    """lm-eval benchmarks for the base model and the aligned adapter (local tasks off the paper profile)."""
+def benchmark_registry(profile: Profile) -> dict[str, dict[str, tuple[str, ...]]]:
+    """experiments.benchmarks resolved for the profile's languages (data.train_langs +
+    data.unseen_langs): benchmark -> language -> lm-eval task names."""
+    from xlalign.evaluation import benchmarks
+
+    langs = profile.data.train_langs + profile.data.unseen_langs
+    return benchmarks.resolve_benchmarks(profile.experiments.benchmarks, langs)
+
+
+def benchmark_arms(profile: Profile) -> list[tuple[str, str | None, str | None]]:
+    """Tables 2-4's rows: (block, method, batching) for the base model, then per method of
+    experiments.methods its default (uncoupled) and ours (aligned)."""
+    arms: list[tuple[str, str | None, str | None]] = [("baseline", None, None)]
+    for method in profile.experiments.methods:
+        for batching in ("uncoupled", "aligned"):
+            arms.append((results.block(method, batching), method, batching))
+    return arms
+
+
+def _benchmark_results(
+    profile: Profile, run: Run, label: str, adapter_dir, tasks: list[str], include
+) -> dict:
+    """``eval/<label>/benchmarks.json``: lm-eval's task rows and per-item scores for one model,
+    reused when an earlier call ran the same tasks, limit and seed."""
     from xlalign.evaluation import benchmarks
     from xlalign.evaluation.predictions import load_eval_model
+    from xlalign.runs import write_json
 
-    method = _method(profile)
-    adapter = aligned_arm(profile, run).adapter_dir
-    tasks, include, limit = benchmark_tasks(profile)
-    frames = []
-    for label, adapter_dir in (
-        ("baseline", None),
-        (results.block(method, "aligned"), adapter),
-    ):
-        model, tok = load_eval_model(profile, adapter_dir)
-        res = benchmarks.run_benchmarks(
-            model, tok, tasks, limit=limit, include_path=include, seed=profile.seed
-        )
-        frames.append(pd.DataFrame(res["rows"]).assign(block=label))
-        del model
-        gc.collect()
-    return pd.concat(frames, ignore_index=True)
+    limit = profile.experiments.benchmark_limit or None
+    key = {"tasks": tasks, "limit": limit, "seed": profile.seed}
+    path = run.path / "eval" / label / "benchmarks.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if {k: saved.get(k) for k in key} == key:
+            return saved
+    t0 = time.perf_counter()
+    model, tok = load_eval_model(profile, adapter_dir)
+    res = benchmarks.run_benchmarks(
+        model, tok, tasks, limit=limit, include_path=include, seed=profile.seed
+    )
+    del model
+    gc.collect()
+    out = key | {"rows": res["rows"], "items": benchmarks.item_rows(res["raw"])}
+    run.sub("eval", label)
+    write_json(path, out, overwrite=True)  # a different task list, limit or seed: recomputed
+    run.step(
+        f"benchmarks/{label}", wall_time_s=round(time.perf_counter() - t0, 1), tasks=len(tasks)
+    )
+    return out
+
+
+def out_of_domain_study(profile: Profile, run: Run) -> dict:
+    """Tables 2-4 (§5.3-5.4): lm-eval benchmarks for the base model and, per method of
+    experiments.methods, notebook 03's default (uncoupled) and ours (aligned) adapters.
+
+    Returns ``rows`` (lm-eval's per-task results, one column ``block``), ``cells`` (per benchmark and
+    language), ``table`` (Tables 2-4's layout with 95% CIs), ``tests`` (a paired test per benchmark
+    column: ours vs baseline and ours vs default, see ``benchmarks.paired_tests``), ``stem`` (the
+    table's file name) and ``stand_in`` (True where the local stand-in tasks ran, not the paper's).
+    """
+    from xlalign.evaluation import benchmarks
+
+    registry = benchmark_registry(profile)
+    tasks = [t for cells in registry.values() for ts in cells.values() for t in ts]
+    stand_in = any(benchmarks.is_stand_in(b) for b in registry)
+    include = str(benchmarks.LOCAL_TASKS_DIR) if stand_in else None
+    name = profile.model.name
+    frames, cells, items = [], [], {}
+    for block, method, batching in benchmark_arms(profile):
+        if method is None:
+            label, adapter = results.baseline(name), None
+        else:
+            info = notebook03_arm(profile, run, method, batching)
+            label, adapter = adapter_label(info), info.adapter_dir
+        res = _benchmark_results(profile, run, label, adapter, tasks, include)
+        rows = pd.DataFrame(res["rows"]).assign(block=block)
+        frames.append(rows)
+        lang_rows = pd.DataFrame(benchmarks.language_rows(res["rows"], registry))
+        cells.append(lang_rows.assign(block=block))
+        items[block] = res["items"]
+    rows = pd.concat(frames, ignore_index=True)
+    bench_of = {t: b for b, c in registry.items() for ts in c.values() for t in ts}
+    rows["benchmark"] = rows["task"].map(bench_of)
+    rows["suite"] = [
+        benchmarks.STAND_IN_NOTE if benchmarks.is_stand_in(b) else "lm-eval"
+        for b in rows["benchmark"]
+    ]
+    cells = pd.concat(cells, ignore_index=True)
+    table = benchmarks.benchmark_table(
+        items, registry, name, n_resamples=profile.eval.n_bootstrap, seed=profile.seed
+    )
+    tests = []
+    for method in profile.experiments.methods:
+        ours, default = results.block(method, "aligned"), results.block(method, "uncoupled")
+        for ref in ("baseline", default):
+            tests += benchmarks.paired_tests(
+                items[ref],
+                items[ours],
+                registry,
+                a=ref,
+                b=ours,
+                alpha=profile.eval.alpha,
+                n_resamples=profile.eval.n_bootstrap,
+                seed=profile.seed,
+            )
+    return {
+        "rows": rows,
+        "cells": cells,
+        "table": table,
+        "tests": pd.DataFrame(tests),
+        "stem": "out_of_domain_local_stand_in" if stand_in else "table02_04_out_of_domain",
+        "stand_in": stand_in,
+    }
+
+
+def out_of_domain(profile: Profile, run: Run) -> pd.DataFrame:
+    """lm-eval's per-task rows of :func:`out_of_domain_study` (column ``suite`` says where the local
+    stand-in tasks ran instead of the paper's benchmarks)."""
+    return out_of_domain_study(profile, run)["rows"]
