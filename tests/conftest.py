@@ -42,7 +42,7 @@ def tiny_profile(cache_dir) -> Profile:
             train_langs=list(TINY_LANGS),
             unseen_langs=["th"],
             domains=["finance", "science"],
-            topics_per_domain=4,
+            topics_per_domain=5,  # 2 test topics a domain: test negatives draw k=2 test passages
             k=2,
         ),
         train=TrainSection(
