@@ -266,15 +266,23 @@ def test_a_language_the_source_lacks_is_refused_with_the_profile(source, lang):
     assert f"data.source={source}" in msg and lang in msg
 
 
-def test_the_language_check_needs_no_file(monkeypatch):
-    """Raised while the profile is built: nothing is read and no model is loaded."""
+@pytest.mark.parametrize("command", ["build-data", "train"])
+def test_the_command_line_stops_on_a_missing_language_before_any_model(
+    command, monkeypatch, tmp_path, capsys
+):
     import xlalign.models
+    from xlalign import cli
 
-    monkeypatch.setattr(
-        xlalign.models, "load_model", lambda *a, **k: pytest.fail("model loaded"), raising=False
-    )
-    with pytest.raises(ConfigError, match="has no data for language.*pt"):
-        DataSection(source="nomiracl", source_dir="/nonexistent", train_langs=["en", "pt"])
+    def refuse(*args, **kwargs):
+        pytest.fail("a tokenizer or model was loaded")
+
+    monkeypatch.setattr(xlalign.models, "load_tokenizer", refuse)
+    monkeypatch.setattr(xlalign.models, "load_model", refuse)
+    argv = [command, "--profile", "smoke", "--run-dir", str(tmp_path / "run")]
+    assert cli.main([*argv, "data.source=nomiracl", "data.train_langs=[en,pt]"]) == 2
+    err = capsys.readouterr().err
+    assert "data.source=nomiracl has no data for language(s) pt" in err
+    assert not (tmp_path / "run").exists()  # refused before a run directory was even made
 
 
 def test_xquad_needs_a_folder():
