@@ -262,3 +262,74 @@ def test_report_reading_names_the_sections_without_this_runs_results():
 
 def test_readings_survive_numpy_scalars():
     assert readings.signed(np.float64(3.0)) == "+3.0"
+
+
+def test_batch_size_anchor_and_versus_readings_on_the_ablation_layouts():
+    layout = pd.DataFrame(
+        [
+            {"block": "orpo", "column": c, "value": v, "ci_low": v - 10, "ci_high": v + 10}
+            for c, v in (("english", 60.0), ("rest_avg", 48.0), ("bs_2", 50.0), ("bs_7", 56.0))
+        ]
+    )
+    assert readings.batch_size_reading(layout) == (
+        "orpo: Rest (avg.) at batch size 7 56.0% [46.0, 66.0] vs 2 50.0% [40.0, 60.0] (+6.0 points);"
+        " uncoupled at 7: 48.0% [38.0, 58.0] (+8.0 points)."
+    )
+    with pytest.raises(ValueError, match="no bs_N columns"):
+        readings.batch_size_reading(layout[~layout["column"].str.startswith("bs_")])
+    anchor = pd.DataFrame(
+        [
+            {"block": "with_english_orpo", "column": "rest_avg", "value": 60.0},
+            {"block": "without_english_orpo", "column": "rest_avg", "value": 55.0},
+        ]
+    )
+    tests = pd.DataFrame(
+        {"pvalue": [0.5, 0.2], "method": ["orpo", "orpo"]}, index=["ar", "non_english"]
+    )
+    assert readings.anchor_reading(anchor, tests) == (
+        "with_english_orpo − without_english_orpo in Rest (avg.): +5.0 points (60.0% vs 55.0%); "
+        "McNemar on non-English items p = 0.20, not significant at 0.01."
+    )
+    unseen = pd.DataFrame(
+        [
+            {"block": "baseline", "column": "rest_avg", "value": 50.0},
+            {"block": "orpo_ours", "column": "rest_avg", "value": 52.5},
+        ]
+    )
+    assert readings.versus_reading(unseen) == (
+        "orpo_ours − baseline in Rest (avg.): +2.5 points (52.5% vs 50.0%)."
+    )
+
+
+def test_before_compute_lists_what_the_run_lacks_and_skips_what_it_holds(tmp_path, monkeypatch):
+    """The plan of notebook 03 on smoke: two trainings and three evaluations; a training already on
+    disk is counted as reused. The time estimate is replaced by a failing one to test the fallback
+    without measuring the model."""
+    import xlalign.estimate
+    from xlalign.config import load_profile
+    from xlalign.results import arm
+
+    def no_measure(*args, **kwargs):
+        raise RuntimeError("not measured in this test")
+
+    monkeypatch.setattr(xlalign.estimate, "measure", no_measure)
+    profile = load_profile("smoke")
+    line = readings.before_compute(profile, tmp_path, "03")
+    assert line.startswith("[xlalign] 03_batch_alignment: computing 2 train, 3 eval runs (")
+    assert "no time estimate: RuntimeError: not measured in this test" in line
+    done = tmp_path / "train" / arm(profile.train.method, "aligned")
+    done.mkdir(parents=True)
+    (done / "train_result.json").write_text("{}")
+    assert "computing 1 train, 3 eval runs" in readings.before_compute(profile, tmp_path, "03")
+    assert "1 already in this run, reused" in readings.before_compute(profile, tmp_path, "03")
+    assert "no model runs" in readings.before_compute(profile, tmp_path, "07")
+    assert readings.try_cost(profile, "03", ["train.batch_size=2"]).startswith(
+        "03 with train.batch_size=2: no time estimate"
+    )
+
+
+def test_record_writes_the_readings_a_notebook_printed(tmp_path):
+    path = readings.record(tmp_path, "03_batch_alignment", difference="aligned − uncoupled ...")
+    assert json.loads(path.read_text(encoding="utf-8")) == {"difference": "aligned − uncoupled ..."}
+    readings.record(tmp_path, "03_batch_alignment", difference="again")
+    assert json.loads(path.read_text(encoding="utf-8")) == {"difference": "again"}

@@ -20,6 +20,91 @@ from xlalign.evaluation.metrics import is_correct, validate_predictions
 MINUS = "−"  # U+2212: the readings print signed numbers the way the papers typeset them
 
 
+# --------------------------------------------------------------------------- recording
+
+
+def record(run_path: str | Path, notebook: str, **texts: str) -> Path:
+    """``readings/<notebook>.json`` in the run: the readings a notebook printed, by name, so the
+    report and the tests read the same sentences (rewritten on every run of the notebook)."""
+    out = Path(run_path) / "readings" / f"{notebook}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(texts, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+# --------------------------------------------------------------------------- before a long step
+
+
+def _run_done(run_path: Path, r) -> bool:
+    """Whether the run directory already holds what a planned model run would compute."""
+    if r.kind == "train":
+        return (run_path / "train" / r.label / "train_result.json").exists()
+    if r.kind == "eval":
+        path = run_path / "eval" / r.label / "predictions.jsonl"
+        if not path.exists():
+            return False
+        with path.open(encoding="utf-8") as fh:
+            return sum(1 for line in fh if line.strip()) >= (r.items or 0)
+    if r.kind == "probe":
+        return (run_path / "tables" / f"{r.label}.csv").exists()
+    if r.kind.startswith("calm"):
+        return (run_path / "calm" / "metrics.json").exists()
+    if r.kind == "benchmark":
+        return (run_path / "tables" / "out_of_domain.csv").exists()
+    return False
+
+
+def before_compute(profile, run_path: str | Path, notebook: str) -> str:
+    """The line a notebook prints before its long steps: what it still has to compute in this run
+    directory (``xlalign.plan``'s model runs less those already on disk) and roughly how long that
+    takes on this machine (``xlalign.estimate``: measured throughput × counted work).
+
+    The estimate is left out, with the reason, where it cannot be made; the work is always listed."""
+    run_path = Path(run_path)
+    try:
+        from xlalign.plan import plan_notebook
+
+        plan = plan_notebook(profile, notebook, alone=True)
+    except Exception as err:  # the line is a courtesy; the notebook's work does not depend on it
+        return (
+            f"[xlalign] {notebook}: computing what this run directory lacks (no plan: "
+            f"{type(err).__name__}: {err})"
+        )
+    if not plan.runs:
+        return f"[xlalign] {plan.notebook}: no model runs, only quick data steps"
+    todo = [r for r in plan.runs if not r.reuses and not _run_done(run_path, r)]
+    done = len([r for r in plan.runs if not r.reuses]) - len(todo)
+    reused = f"; {done} already in this run, reused" if done else ""
+    if not todo:
+        return f"[xlalign] {plan.notebook}: nothing to compute, all {done} model runs are in {run_path.name}"
+    kinds: dict[str, int] = {}
+    for r in todo:
+        kinds[r.kind] = kinds.get(r.kind, 0) + 1
+    what = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+    steps = sum(r.steps or 0 for r in todo if r.kind == "train")
+    items = sum(r.items or 0 for r in todo if r.kind == "eval")
+    detail = ", ".join(
+        x
+        for x in (
+            f"{steps} training steps" if steps else "",
+            f"{items} items scored" if items else "",
+        )
+        if x
+    )
+    what = f"{what} run{'s' if len(todo) > 1 else ''}" + (f" ({detail})" if detail else "")
+    try:
+        from xlalign.estimate import about, estimate_runs, measure
+
+        line = about(what, estimate_runs(todo, measure(profile, startup=False)))
+    except (
+        Exception
+    ) as err:  # the estimate is a courtesy; the notebook's work does not depend on it
+        line = f"computing {what} (no time estimate: {type(err).__name__}: {err})"
+    return f"[xlalign] {plan.notebook}: {line}{reused}"
+
+
 # --------------------------------------------------------------------------- formatting
 
 
@@ -224,6 +309,68 @@ def block_difference_reading(
     )
 
 
+def versus_reading(
+    tidy: pd.DataFrame, reference: str = "baseline", column: str = "rest_avg"
+) -> str:
+    """Every other block of a tidy table against ``reference`` in ``column``, one line each
+    (``block_difference_reading``), e.g. notebook 06's aligned adapter vs the baseline."""
+    blocks = [b for b in dict.fromkeys(tidy["block"]) if b != reference]
+    if not blocks:
+        raise ValueError(f"tidy table has no block besides {reference!r}")
+    return "\n".join(block_difference_reading(tidy, b, reference, column) for b in blocks)
+
+
+def batch_size_reading(table: pd.DataFrame) -> str:
+    """From the batch-size ablation's Tables 12/13 layout (one block per method, columns ``bs_N`` =
+    Rest (avg.) of aligned training at size N, ``rest_avg`` of the uncoupled default): per method,
+    the largest size against the smallest and against the uncoupled default, each with its CI."""
+    lines = []
+    for block in dict.fromkeys(table["block"]):
+        rows = table[table["block"] == block].set_index("column")
+        sizes = sorted((int(c.split("_", 1)[1]), c) for c in rows.index if str(c).startswith("bs_"))
+        if not sizes:
+            raise ValueError(f"block {block!r} has no bs_N columns (has {list(rows.index)})")
+
+        def cell(c: str, rows: pd.DataFrame = rows) -> str:
+            r = rows.loc[c]
+            ci = f" {interval(r['ci_low'], r['ci_high'])}" if pd.notna(r.get("ci_low")) else ""
+            return f"{r['value']:.1f}%{ci}"
+
+        (lo, lo_c), (hi, hi_c) = sizes[0], sizes[-1]
+        line = f"{block}: Rest (avg.) at batch size {hi} {cell(hi_c)}"
+        if hi != lo:
+            delta = rows.loc[hi_c, "value"] - rows.loc[lo_c, "value"]
+            line += f" vs {lo} {cell(lo_c)} ({signed(delta)} points)"
+        if "rest_avg" in rows.index:
+            delta = rows.loc[hi_c, "value"] - rows.loc["rest_avg", "value"]
+            line += f"; uncoupled at {hi}: {cell('rest_avg')} ({signed(delta)} points)"
+        lines.append(line + ".")
+    return "\n".join(lines)
+
+
+def anchor_reading(table: pd.DataFrame, mcnemar: pd.DataFrame, alpha: float = 0.01) -> str:
+    """The English-anchor ablation per method: with − without English in Rest (avg.), with each
+    cell's CI, and McNemar's p on the non-English items (``mcnemar``: ``compare`` rows with a
+    ``method`` column, as ``ablation_english`` returns them)."""
+    lines = []
+    for method in dict.fromkeys(mcnemar["method"]):
+        line = block_difference_reading(
+            table,
+            f"with_english_{method}",
+            f"without_english_{method}",
+            name=f"with_english_{method}",
+        )
+        rows = mcnemar[mcnemar["method"] == method]
+        if "non_english" in rows.index:
+            p = float(rows.loc["non_english", "pvalue"])
+            sig = "significant" if p < alpha else "not significant"
+            line = (
+                line[:-1] + f"; McNemar on non-English items {pvalue_text(p)}, {sig} at {alpha:g}."
+            )
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def mcnemar_reading(mcnemar: pd.DataFrame, alpha: float = 0.01, what: str = "") -> str:
     """One clause per row of an ``experiments.compare`` table: "th +10.0 points (p = 0.50)", and
     how many rows are significant at ``alpha``."""
@@ -325,6 +472,19 @@ def batch_frame(log_rows: Sequence[Mapping], step: int = 0, rank: int = 0) -> pd
             "label": [_label_of(s) for s in r["sample_ids"]],
         }
     )
+
+
+def plan_as_log(rows: Sequence[Mapping], plan: Sequence[Sequence[int]]) -> list[dict]:
+    """A sampler's plan (row indices per batch) in the batch log's shape, for ``batch_frame``."""
+    return [
+        {
+            "step": step,
+            "rank": 0,
+            "sample_ids": [rows[i]["sample_id"] for i in batch],
+            "langs": [rows[i]["lang"] for i in batch],
+        }
+        for step, batch in enumerate(plan)
+    ]
 
 
 def batch_reading(log_rows: Sequence[Mapping], batching: str) -> str:
@@ -478,7 +638,11 @@ def calm_reading(results: pd.DataFrame, base: str = "base", trained: str = "calm
                 f"({signed(cells[trained] - cells[base])})"
             )
     if not out:
-        raise ValueError(f"results table has no {base!r}/{trained!r} cells to compare")
+        blocks = ", ".join(dict.fromkeys(results["block"]))
+        return (
+            f"No {trained!r} beside {base!r} in this run's results (blocks: {blocks}): the chain "
+            "trained no CALM model, e.g. because no question produced a preference pair."
+        )
     return f"{trained} vs {base}: " + "; ".join(out) + "."
 
 
@@ -504,3 +668,20 @@ def report_reading(report_text: str) -> str:
             text + f"; {len(missing)} lack this run's results (not produced in this run): {shown}."
         )
     return text + "; every one shows this run's results."
+
+
+def try_cost(profile, notebook: str, overrides: Sequence[str]) -> str:
+    """What a "Try it" change costs: the notebook's model runs on the profile with ``overrides``,
+    run alone, estimated on this machine (``xlalign.estimate``); e.g. "notebook 03 with
+    train.batch_size=4: 2 train, 3 eval runs, about 3 min on this machine"."""
+    from xlalign.config import derive
+
+    changed = derive(profile, overrides=list(overrides))
+    what = f"{notebook} with {', '.join(overrides) or 'no change'}"
+    try:
+        from xlalign.estimate import estimate_notebook, format_seconds
+
+        seconds = estimate_notebook(changed, notebook, alone=True)
+    except Exception as err:
+        return f"{what}: no time estimate ({type(err).__name__}: {err})"
+    return f"{what}: about {format_seconds(seconds)} on this machine, run alone"
