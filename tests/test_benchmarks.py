@@ -523,3 +523,19 @@ def test_out_of_domain_study_evaluates_base_default_and_ours_per_method(monkeypa
     assert set(tests.loc[tests["column"] == "local_stand_in_lambada_ppl", "test"]) == {
         "paired bootstrap"
     }
+
+
+def test_paper_columns_name_metrics_and_filters_the_tasks_report():
+    """Without a download: each Tables 2-4 column's metric and filter are in its tasks' YAML, so no
+    column of the paper profile can come out empty for a misspelt filter."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from xlalign.evaluation.benchmarks import PAPER_COLUMNS
+
+    manager = task_manager()
+    for column, (bench, metric, filt, _) in PAPER_COLUMNS.items():
+        for lang, tasks in PAPER_TASKS[bench].items():
+            cfg = load_yaml(manager.task_index[tasks[0]].yaml_path)
+            metrics = [m["metric"] for m in cfg["metric_list"]]
+            filters = [f["name"] for f in cfg.get("filter_list", [])] or ["none"]
+            assert metric in metrics and filt in filters, (column, lang, metrics, filters)
