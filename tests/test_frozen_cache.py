@@ -260,3 +260,99 @@ def test_scores_equal_the_uncached_path(kind, tiny_model_and_tokenizer, tmp_path
                 for col in SCORE_COLUMNS:
                     assert a[col] == pytest.approx(b[col], abs=1e-5), col
         fc.detach(model)
+
+
+# Preference rows written here (not the probe's: the test needs lengths, not documents); prompts and
+# answers differ in length, answers share no first token.
+PAIR_ROWS = [
+    dict(prompt="Passage: the river floods every spring. Question: when? Answer:",
+         chosen=" Yes, answer is present.", rejected=" I don't know", sample_id="g1", lang="en"),
+    dict(prompt="Passage: 東京は日本の首都です。 Question: capital? Answer:",
+         chosen=" I don't know", rejected=" Yes, answer is present.", sample_id="g1", lang="zh"),
+    dict(prompt="Passage: la lune. Question: quoi? Answer:",
+         chosen=" Yes, answer is present.", rejected=" I don't know", sample_id="g1", lang="fr"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method", "kind"), [("dpo", "llama"), ("orpo", "llama"), ("orpo", "gemma3")]
+)
+def test_trainer_losses_metrics_and_gradients_equal_the_uncached_path(
+    method, kind, tiny_model_and_tokenizer, tmp_path
+):
+    """``reuse_frozen``: DPO's (policy and reference) and ORPO's loss, logged metrics and gradients
+    equal those without reuse, on the first use (states computed) and on the second (read)."""
+    from datasets import Dataset
+
+    from xlalign.training import trainers
+
+    model, tok = tiny_model_and_tokenizer
+    if kind == "gemma3":
+        model = tiny_gemma3(vocab_size=len(tok))
+    torch.manual_seed(0)
+    model = lora_top(model, 1)
+    common = dict(
+        output_dir=str(tmp_path / method),
+        per_device_train_batch_size=3,
+        max_length=2048,
+        beta=0.1,
+        remove_unused_columns=False,
+        report_to="none",
+        use_cpu=True,
+        gradient_checkpointing=False,
+        reuse_frozen=True,
+        frozen_cache_dir=str(tmp_path / "frozen"),
+    )
+    rows = PAIR_ROWS
+    if method == "dpo":
+        args = trainers.AlignedDPOConfig(
+            **common, loss_type=["sigmoid"], precompute_ref_log_probs=False
+        )
+        cls = trainers.AlignedDPOTrainer
+    else:
+        args = trainers.AlignedORPOConfig(
+            **common, nll_scope="completion", max_completion_length=32
+        )
+        cls = trainers.AlignedORPOTrainer
+    trainer = cls(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok
+    )
+    store = trainer.xl_frozen
+    assert store is not None and store.boundary == model.config.num_hidden_layers - 1
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
+    batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}
+    if method == "dpo":
+        with torch.no_grad():  # move the policy away from its reference copy
+            for name, p in model.named_parameters():
+                if "lora_B.default" in name:
+                    p.add_(0.5 * torch.randn_like(p))
+    model.train()
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        if method == "dpo":
+            trainer._metrics["train"].clear()
+            loss = trainer._compute_loss(model, dict(batch), return_outputs=False)
+            metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if k != "num_tokens"}
+        else:
+            loss, metrics = trainer.get_batch_loss_metrics(model, dict(batch))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return loss.detach(), metrics, grads
+
+    fc.detach(model)
+    ref = run()
+    fc.attach(model, directory=tmp_path / "frozen")
+    fill = run()
+    # DPO's reference pass reads what the policy pass stored: 3 prompts + 6 answers.
+    assert store.misses == len(rows) and store.hits == (3 * len(rows) if method == "dpo" else 0)
+    hit = run()
+    assert store.misses == len(rows) and store.hits > len(rows)
+    assert ref[2] and all(g.abs().max() > 0 for g in ref[2].values())
+    for loss, metrics, grads in (fill, hit):
+        torch.testing.assert_close(loss, ref[0], atol=1e-6, rtol=0)
+        assert metrics.keys() == ref[1].keys()
+        for key, value in ref[1].items():
+            assert float(metrics[key]) == pytest.approx(float(value), abs=1e-5), key
+        for name in grads:
+            torch.testing.assert_close(grads[name], ref[2][name], atol=1e-5, rtol=1e-4, msg=name)
