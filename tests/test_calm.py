@@ -335,7 +335,8 @@ def test_split_questions_is_seeded_and_disjoint():
 
 def test_shipped_corpus_items_follow_the_probe_split(tiny_profile):
     items, split = load_calm_items(tiny_profile, ["en", "fr"])
-    assert len(items) == 2 * len(split) == 16  # finance + science, 4 topics each
+    per_domain = tiny_profile.data.topics_per_domain
+    assert len(items) == 2 * len(split) == 2 * 2 * per_domain  # en + fr; finance + science
     assert set(split.values()) == {"train", "test"}
     en = next(i for i in items if i.lang == "en")
     assert en.context and len(en.options) == 4 and en.answer in "ABCD"
@@ -396,7 +397,10 @@ def test_full_chain_on_the_tiny_model(tiny_profile, tmp_path, tiny_model_and_tok
         tiny_profile,
         calm=CalmSection(
             train_langs=langs, eval_langs=langs, num_samples=2, max_new_tokens=6, translator="fake",
-            train=replace(CalmSection().train, max_steps=1, learning_rate=1e-3, max_length=2048),
+            train=replace(
+                CalmSection().train, max_steps=1, learning_rate=1e-3, max_length=2048,
+                warmup_ratio=0.0,
+            ),
             sft_learning_rate=1e-3, incremental=True,
             lora=LoraSection(r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"]),
         ),
@@ -464,18 +468,42 @@ def test_full_chain_on_the_tiny_model(tiny_profile, tmp_path, tiny_model_and_tok
         "gt_dpo": 1,
         "gt_sft": 3,
         "calm_en": 1,
+        "calm_en+fr": 2,
     }
     assert all(
         v["steps"] == 1 and (out / "train" / k / "adapter" / "adapter_config.json").exists()
         for k, v in training.items()
     )
-    assert set(res.evaluation) == {"base", "calm", "sft", "gt_dpo", "gt_sft", "calm_en"}
+    assert set(res.evaluation) == {
+        "base",
+        "calm",
+        "sft",
+        "gt_dpo",
+        "gt_sft",
+        "calm_en",
+        "calm_en+fr",
+    }
     for name, metrics in res.evaluation.items():
         assert set(metrics["accuracy"]) == set(langs)
         assert {"acc_avg", "consistency", "ac3"} <= set(metrics)
         preds = (out / "predictions" / f"{name}.jsonl").read_text().splitlines()
         assert len(preds) == len(test_ids) * len(langs)
     assert set(res.incremental) == {"calm_en", "calm_en+fr"}
+    # Table 10 is sequential: the en+fr step continues the en step's adapter. It trains on the same
+    # pairs as the joint run (every language), which starts from a fresh adapter, so the two differ
+    # only if the en+fr step started elsewhere (fresh adapters are seeded alike).
+    assert res.incremental["calm_en+fr"]["continues"] == "calm_en"
+    assert training["calm_en+fr"]["init_adapter"] == training["calm_en"]["adapter_dir"]
+    assert training["calm"]["init_adapter"] is None
+    from safetensors.torch import load_file
+
+    def weights(name):
+        return load_file(out / "train" / name / "adapter" / "adapter_model.safetensors")
+
+    step1, step2, joint = weights("calm_en"), weights("calm_en+fr"), weights("calm")
+    assert step1.keys() == step2.keys()
+    assert not all(torch.equal(step1[k], step2[k]) for k in step1)  # it trained
+    assert not all(torch.equal(step2[k], joint[k]) for k in step1)  # ... from step 1's adapter
     assert res.vote_accuracy["questions"] == 3
     assert res.questions_train == 3 and res.questions_test == 1
     assert res.wall_times_s["total"] > 0
@@ -484,7 +512,9 @@ def test_full_chain_on_the_tiny_model(tiny_profile, tmp_path, tiny_model_and_tok
 
     # The tidy Tables 1/3 rebuilt from the per-item files agree with the chain's own scores.
     table = results_table(out, "tiny", langs, seed=0, n_resamples=50)
-    assert list(pd.unique(table["block"])) == ["base", "sft", "calm", "sft_gt", "dpo_gt", "calm_en"]
+    assert list(pd.unique(table["block"])) == [
+        "base", "sft", "calm", "sft_gt", "dpo_gt", "calm_en", "calm_en+fr",
+    ]  # fmt: skip
     for name, metrics in res.evaluation.items():
         block = table[table["block"] == PAPER_BLOCKS.get(name, name)].set_index("column")["value"]
         assert block["english"] == pytest.approx(metrics["accuracy"]["en"])

@@ -1,11 +1,21 @@
 """CALM (Wang et al.): sample chain-of-thought answers per language, vote across languages, pair the
 voted answer against inconsistent ones, DPO with LoRA. prompts -> parse -> items -> vote -> pairs -> variants -> pipeline.
+Tasks: the shipped corpus's MCQs (cpu/smoke), X-CSQA and MedQA (the paper), MGSM (numeric answers).
 """
 
 from xlalign.calm.items import (  # noqa: F401
+    CalmItemError,
+    TaskItems,
+    check_items,
     corpus_items,
+    gold,
     group_items,
+    load_calm_items,
+    load_task_items,
+    n_options,
     split_questions,
+    task_eval_langs,
+    translate_items,
 )
 from xlalign.calm.pairs import (  # noqa: F401
     PairSet,
@@ -16,14 +26,19 @@ from xlalign.calm.pairs import (  # noqa: F401
     sft_rows,
 )
 from xlalign.calm.parse import (  # noqa: F401
+    canonical_number,
+    parse_answer,
     parse_letter,
+    parse_number,
+    read_number,
     split_answer,
 )
 from xlalign.calm.pipeline import (  # noqa: F401
-    load_calm_items,
+    CalmTaskRuns,
     run_calm,
 )
 from xlalign.calm.prompts import (  # noqa: F401
+    MATH_TEMPLATES,
     TEMPLATES,
     LangTemplate,
     build_prompt,

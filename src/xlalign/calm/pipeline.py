@@ -1,4 +1,4 @@
-"""The whole CALM chain: sample -> vote -> pairs -> DPO (+ baselines) -> evaluation, under ``calm/``.
+"""The whole CALM chain: task items -> sample -> vote -> pairs -> DPO (+ baselines) -> evaluation.
 
 Every intermediate (samples, votes, pairs, counts, predictions) is written into the run directory.
 """
@@ -11,7 +11,17 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from xlalign.calm.items import corpus_items, group_items, split_questions
+from tqdm.auto import tqdm
+
+from xlalign.calm.items import (
+    check_items,
+    group_items,
+    load_calm_items,
+    load_task_items,
+    split_questions,
+    task_eval_langs,
+    translate_items,
+)
 from xlalign.calm.pairs import build_pairs, ground_truth_pairs, gt_sft_rows, pair_counts, sft_rows
 from xlalign.calm.variants import _load_adapter, _train_variant, predict, score
 from xlalign.calm.vote import SamplerFn, render_prompts, sample_answers, vote_accuracy, vote_all
@@ -21,22 +31,25 @@ from xlalign.runs import jsonable, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
+__all__ = ["CalmTaskRuns", "load_calm_items", "run_calm"]
+
 # --------------------------------------------------------------------------- the whole chain
 
 
-def load_calm_items(profile: Profile, langs: Sequence[str]) -> tuple[list, dict[str, str]]:
-    """The shipped corpus as CALM items, with the probe's domain-stratified topic split."""
-    from xlalign.probe.build import select_topics, split_topics
-    from xlalign.sources.corpus import load_corpus
+class CalmTaskRuns(dict):
+    """``{task: CalmRun}`` of a run over several tasks (``calm.tasks``), in the profile's order.
 
-    corpus = load_corpus(profile.data.corpus_dir, list(langs))
-    first = corpus[langs[0]]
-    keep = select_topics(first, profile.data.domains, profile.data.topics_per_domain)
-    split = split_topics(keep, profile.data.test_fraction, profile.seed)
-    corpus = {
-        lang: {t: r for t, r in topics.items() if t in keep} for lang, topics in corpus.items()
-    }
-    return corpus_items(corpus), split
+    ``counts``, ``vote_accuracy``, ``incremental``, ``evaluation`` and ``training`` give each
+    task's field as ``{task: ...}``, so a notebook reads one task's run and several tasks' alike.
+    """
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name not in CalmRun.__dataclass_fields__:
+            raise AttributeError(name)
+        return {task: getattr(run, name) for task, run in self.items()}
+
+    def to_dict(self) -> dict:
+        return {task: run.to_dict() for task, run in self.items()}
 
 
 def run_calm(
@@ -46,44 +59,120 @@ def run_calm(
     tokenizer=None,
     items: Sequence | dict[str, Sequence] | None = None,
     *,
+    task: str | None = None,
     sampler: SamplerFn | None = None,
     baselines: Sequence[str] = ("sft", "gt_dpo", "gt_sft"),
     compare_batching: bool = False,
     batch_size: int | None = None,
     pairing: str = "one",
-) -> CalmRun:
-    """Sample -> vote -> pairs -> DPO (+ baselines) -> evaluation; everything under ``run_dir/calm/``.
+) -> CalmRun | CalmTaskRuns:
+    """Sample -> vote -> pairs -> DPO (+ baselines) -> evaluation, under ``run_dir/calm/``.
 
-    ``items``: MCQ items (``qid, lang, question, options, answer, context``) such as
-    ``loaders.MCQItem`` from X-CSQA, as a list or ``{lang: [items]}``; default: the shipped corpus's MCQs with the probe's topic
-    split. Questions are split into training questions (sampled, voted, trained on; at most
-    ``calm.max_questions``) and held-out test questions (evaluated in ``calm.eval_langs``, at most
-    ``eval.max_items_per_lang``). ``baselines``: any of sft, gt_dpo, gt_sft. ``calm.incremental``
-    adds Table 10's runs that vote over the first 1..n-1 training languages only;
-    ``compare_batching`` also trains CALM with the other batching. ``batch_size``: pairs per
-    micro-batch (default ``calm.train.batch_size``: 1 as in Table 5).
-    Questions without a vote, ties, languages without pairs and failed translations are counted in
-    ``counts.json``, never raised. Returns the main results and wall times as a ``CalmRun``.
+    ``items``: MCQ items (``qid, lang, question, options, answer, context``, such as
+    ``sources.common.MCQItem`` from X-CSQA) or numeric ones (``qid, lang, question,
+    answer_number``, such as ``MathItem`` from MGSM), as a list or ``{lang: [items]}``. Without
+    items, each task of ``calm.tasks`` (or ``task``) is read by ``items.load_task_items`` from
+    ``calm.data_dir``: corpus_mcq (the shipped corpus's MCQs with the probe's topic split), xcsqa,
+    medqa (each bank translated into the other languages by ``calm.translator``), mgsm. One task
+    writes into ``calm/`` and returns a ``CalmRun``; several write into ``calm/<task>/`` (listed
+    in ``calm/tasks.json``) and return a ``CalmTaskRuns``.
+
+    Questions are split into training questions (sampled, voted, trained on; at most
+    ``calm.max_questions``) and held-out test questions (evaluated in ``calm.eval_langs``, MedQA
+    in ``calm.medqa_eval_langs`` where set, at most ``eval.max_items_per_lang``), decoded as
+    ``calm.eval_decoding`` says. ``baselines``: any of sft, gt_dpo, gt_sft. ``calm.incremental``
+    adds Table 10's sequential runs: step k continues training step k-1's adapter on the pairs
+    of a vote over the first k training languages. ``compare_batching`` also trains CALM with the
+    other batching. ``batch_size``: pairs per micro-batch (default ``calm.train.batch_size``: 1
+    as in Table 5). Questions without a vote, ties, languages without pairs and failed
+    translations are counted in ``counts.json``, never raised; items without the answer field
+    their parser needs are refused (``CalmItemError``) before any model loads.
     """
+    tasks = [task] if task else list(profile.calm.tasks)
+    common = dict(
+        sampler=sampler, baselines=baselines, compare_batching=compare_batching,
+        batch_size=batch_size, pairing=pairing,
+    )  # fmt: skip
+    out = Path(run_dir) / "calm"
+    if items is not None:
+        return _run_task(profile, out, None, model, tokenizer, items, **common)
+    if len(tasks) == 1:
+        return _run_task(profile, out, tasks[0], model, tokenizer, None, **common)
+    # Read (and check) every task's items before the model loads: bad input fails in seconds.
+    loaded = {t: _task_items(profile, t) for t in tasks}
+    if model is None:
+        from xlalign.models import load_model
+
+        model, tokenizer = load_model(profile)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "tasks.json", {"tasks": tasks}, overwrite=True)
+    runs = CalmTaskRuns()
+    for t in tasks:
+        runs[t] = _run_task(profile, out / t, t, model, tokenizer, None, loaded=loaded[t], **common)
+    return runs
+
+
+def _task_items(profile: Profile, task: str):
+    c = profile.calm
+    langs = list(dict.fromkeys(list(c.train_langs) + task_eval_langs(profile, task)))
+    return load_task_items(profile, task, langs), langs
+
+
+def _run_task(
+    profile: Profile,
+    out: Path,
+    task: str | None,
+    model,
+    tokenizer,
+    items,
+    *,
+    loaded=None,
+    sampler: SamplerFn | None,
+    baselines: Sequence[str],
+    compare_batching: bool,
+    batch_size: int | None,
+    pairing: str,
+) -> CalmRun:
     from xlalign.generation import SamplingStats
     from xlalign.translate import make_translator
 
     c = profile.calm
-    out = Path(run_dir) / "calm"
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     walls: dict[str, float] = {}
     t_all = time.perf_counter()
-    train_langs, eval_langs = list(c.train_langs), list(c.eval_langs)
+    train_langs = list(c.train_langs)
+    eval_langs = task_eval_langs(profile, task) if task else list(c.eval_langs)
     all_langs = list(dict.fromkeys(train_langs + eval_langs))
     batch_size = batch_size or c.train.batch_size
 
-    # Questions and split.
+    # Questions: read and checked before the model loads.
+    translate_from: list[str] = []
     if items is None:
-        items, split = load_calm_items(profile, all_langs)
+        task_items, _ = loaded or _task_items(profile, task)
+        items, split = task_items.items, task_items.split
+        translate_from = task_items.translate_from
     else:
         split = None
         if isinstance(items, dict):  # {lang: [items]}, as loaders.load_xcsqa returns
             items = [item for per_lang in items.values() for item in per_lang]
+        items = list(items)
+        check_items(items)
+
+    if model is None:
+        from xlalign.models import load_model
+
+        model, tokenizer = load_model(profile)
+    translator = make_translator(c.translator, model, tokenizer)
+    question_failures: list[dict] = []
+    if translate_from:
+        # A question bank that is not parallel (MedQA): its questions in the other languages come
+        # from the profile's translator (paper §2.1), and are written out for inspection.
+        t0 = time.perf_counter()
+        translated, question_failures = translate_items(items, all_langs, translator)
+        items = items + translated
+        walls["translate_questions"] = time.perf_counter() - t0
+        write_jsonl(out / "translated_items.jsonl", (asdict(i) for i in translated))
+        write_jsonl(out / "question_translation_failures.jsonl", question_failures)
     questions, dropped = group_items(items, all_langs)
     if not questions:
         raise ValueError(f"no question has all of the languages {all_langs}")
@@ -101,10 +190,6 @@ def run_calm(
     train_q = {q: questions[q] for q in train_ids}
     test_q = {q: questions[q] for q in test_ids}
 
-    if model is None:
-        from xlalign.models import load_model
-
-        model, tokenizer = load_model(profile)
     fmt = profile.model.prompt_format
     train_prompts = render_prompts(train_q, train_langs, tokenizer, fmt)
     test_prompts = render_prompts(test_q, eval_langs, tokenizer, fmt)
@@ -127,17 +212,20 @@ def run_calm(
 
     # 3. Pairs (translation happens here).
     t0 = time.perf_counter()
-    translator = make_translator(c.translator, model, tokenizer)
     pairs = build_pairs(samples, votes, train_prompts, translator, train_langs, pairing=pairing)
     walls["pairs"] = time.perf_counter() - t0
     counts = pair_counts(samples, votes, pairs, train_langs)
     counts["dropped_incomplete_questions"] = len(dropped)
+    counts["task"] = task or "items"
+    counts["translated_questions_from"] = translate_from
+    counts["question_translation_failures"] = len(question_failures)
     write_jsonl(out / "pairs.jsonl", pairs.rows)
     write_jsonl(out / "translation_failures.jsonl", pairs.translation_failures)
     sft = sft_rows(samples, votes, train_prompts)
     write_jsonl(out / "sft.jsonl", sft)
 
-    # 4. Training: CALM and the baselines, each from the untouched base model.
+    # 4. Training: CALM and the baselines, each from the untouched base model; Table 10's steps
+    #    (``after``) each from the adapter of the step before.
     variants: dict[str, tuple[str, list[dict], str]] = {"calm": ("dpo", pairs.rows, c.batching)}
     if "sft" in baselines:
         variants["sft"] = ("sft", sft, c.batching)
@@ -148,9 +236,16 @@ def run_calm(
     other = "aligned" if c.batching == "shuffled" else "shuffled"
     if compare_batching:
         variants[f"calm_{other}"] = ("dpo", pairs.rows, other)
+    # Table 10 (paper §3.4): training "sequentially, beginning with English and incrementally adding
+    # French and Chinese". Step k votes over the first k training languages and continues training
+    # step k-1's adapter on those pairs. Our reading of the details the paper leaves open: step k
+    # trains on all pairs of its k-language vote (not only the new language's), and DPO's reference
+    # is the base model (the adapter switched off), not step k-1's model.
     incremental: dict[str, dict] = {}
+    after: dict[str, str] = {}
     if c.incremental and len(train_langs) > 1:
-        for k in range(1, len(train_langs)):
+        previous = None
+        for k in range(1, len(train_langs) + 1):
             sub = train_langs[:k]
             sub_votes = vote_all(samples, sub)
             sub_pairs = build_pairs(
@@ -158,26 +253,38 @@ def run_calm(
             )
             name = "calm_" + "+".join(sub)
             variants[name] = ("dpo", sub_pairs.rows, c.batching)
+            if previous:
+                after[name] = previous
+            previous = name
             incremental[name] = {
                 "langs": sub,
+                "continues": after.get(name),
                 "counts": pair_counts(samples, sub_votes, sub_pairs, sub),
             }
     counts["incremental"] = {k: v["counts"] for k, v in incremental.items()}
     write_json(out / "counts.json", jsonable(counts), overwrite=True)
 
     training: dict[str, dict] = {}
-    for name, (method, rows, batching) in variants.items():
+    for name, (method, rows, batching) in tqdm(variants.items(), desc="CALM training"):
         if batch_size == 1 and batching == "aligned":
             log.warning(
                 "%s: aligned batching with batch_size 1 only changes the order of pairs", name
             )
+        # A sequential step whose predecessor trained nothing continues the last step that did.
+        init = None
+        step = after.get(name)
+        while step and init is None:
+            init = training.get(step, {}).get("adapter_dir")
+            step = after.get(step)
         t0 = time.perf_counter()
         training[name] = _train_variant(
-            profile, method, rows, batching, batch_size, out / "train" / name, model, tokenizer
-        )
+            profile, method, rows, batching, batch_size, out / "train" / name, model, tokenizer,
+            init_adapter=init,
+        )  # fmt: skip
         walls[f"train_{name}"] = time.perf_counter() - t0
 
-    # 5. Evaluation: base model and every trained adapter, greedy, same prompts.
+    # 5. Evaluation: base model and every trained adapter, same prompts, decoded as
+    #    calm.eval_decoding says (greedy, or one seeded sample at T and top_p as Table 6).
     evaluation: dict[str, dict] = {}
     for name in ["base", *training]:
         info = training.get(name, {})
@@ -193,6 +300,10 @@ def run_calm(
             test_prompts,
             c.max_new_tokens,
             profile.eval.batch_size,
+            decoding=c.eval_decoding,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            seed=profile.seed,
         )
         if policy is not model:
             del policy
@@ -200,16 +311,11 @@ def run_calm(
         evaluation[name] = score(preds)
         walls[f"eval_{name}"] = time.perf_counter() - t0
 
-    # Table 10: the last step (every training language) is the main CALM run.
+    # Table 10: one row per sequential step; the last has every training language.
     table10 = {
-        name: {"langs": v["langs"], "metrics": evaluation.get(name)}
+        name: {"langs": v["langs"], "continues": v["continues"], "metrics": evaluation.get(name)}
         for name, v in incremental.items()
     }
-    if table10:
-        table10["calm_" + "+".join(train_langs)] = {
-            "langs": train_langs,
-            "metrics": evaluation.get("calm"),
-        }
     batching_cmp = {}
     if compare_batching:
         batching_cmp = {c.batching: evaluation.get("calm"), other: evaluation.get(f"calm_{other}")}

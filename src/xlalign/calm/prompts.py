@@ -1,6 +1,6 @@
-"""CALM's prompts: one chain-of-thought multiple-choice template per language.
+"""CALM's prompts: one chain-of-thought template per language, multiple-choice or numeric (MGSM).
 
-Builds the sampling prompt of an item and formats an explanation plus answer letter as a completion.
+Builds the sampling prompt of an item and formats an explanation plus answer as a completion.
 """
 
 from __future__ import annotations
@@ -108,6 +108,30 @@ TEMPLATES: dict[str, LangTemplate] = {
 }  # fmt: skip
 
 
+# Numeric tasks (MGSM): the instruction and the answer placeholder, for the templates' languages that
+# MGSM has. The labels are the language's LangTemplate labels, so parsing is shared.
+MATH_TEMPLATES: dict[str, tuple[str, str]] = {
+    "en": ("Solve the following math problem. Think step by step, then reply in English in exactly "
+           "this format:", "a number"),
+    "es": ("Resuelve el siguiente problema de matemáticas. Piensa paso a paso y luego responde en "
+           "español exactamente con este formato:", "un número"),
+    "fr": ("Résous le problème de mathématiques suivant. Réfléchis étape par étape, puis réponds en "
+           "français exactement dans ce format :", "un nombre"),
+    "de": ("Löse die folgende Matheaufgabe. Denke Schritt für Schritt nach und antworte dann auf "
+           "Deutsch genau in diesem Format:", "eine Zahl"),
+    "zh": ("请解下面的数学题。请逐步思考，然后严格按照以下格式用中文作答：", "一个数字"),
+    "ja": ("次の算数の問題を解いてください。段階的に考えてから、次の形式どおりに日本語で答えてください：",
+           "数値"),
+    "th": ("แก้โจทย์คณิตศาสตร์ต่อไปนี้ คิดทีละขั้นตอน แล้วตอบเป็นภาษาไทยตามรูปแบบนี้เท่านั้น:",
+           "ตัวเลข"),
+}  # fmt: skip
+
+
+def has_options(item) -> bool:
+    """Whether ``item`` is a multiple-choice item (options, a gold letter) rather than a numeric one."""
+    return getattr(item, "options", None) is not None
+
+
 def template(lang: str) -> LangTemplate:
     try:
         return TEMPLATES[lang]
@@ -123,7 +147,10 @@ def build_prompt(item, lang: str | None = None) -> str:
     ``item`` is anything with ``question``, ``options`` and ``context`` (None for X-CSQA/MedQA, the
     passage for the shipped corpus, which makes it Belebele-style reading comprehension).
     """
-    t = template(lang or item.lang)
+    lang = lang or item.lang
+    t = template(lang)
+    if not has_options(item):
+        return _math_prompt(item, lang, t)
     letters = LETTERS[: len(item.options)]
     parts = []
     if item.context:
@@ -137,8 +164,20 @@ def build_prompt(item, lang: str | None = None) -> str:
     return "\n".join(parts)
 
 
+def _math_prompt(item, lang: str, t: LangTemplate) -> str:
+    if lang not in MATH_TEMPLATES:
+        raise ValueError(
+            f"no numeric CALM prompt for language {lang!r}; known: {' '.join(MATH_TEMPLATES)}"
+        )
+    instruction, number = MATH_TEMPLATES[lang]
+    parts = [f"{t.question}{item.question}", "", instruction]
+    parts += [f"{t.explanation}<{t.reasoning}>", f"{t.answer}<{number}>"]
+    return "\n".join(parts)
+
+
 def format_completion(explanation: str, letter: str, lang: str) -> str:
-    """The canonical "Explanation: ...\\nAnswer: X" completion in ``lang``'s labels."""
+    """The canonical "Explanation: ...\\nAnswer: X" completion in ``lang``'s labels (X: a letter or,
+    for numeric tasks, the canonical number)."""
     t = template(lang)
     explanation = explanation.strip()
     head = f"{t.explanation}{explanation}\n" if explanation else ""

@@ -1,6 +1,6 @@
 """Train and evaluate one CALM variant (CALM, SFT, GT-DPO, GT-SFT) with the shared trainer.
 
-Greedy evaluation, scoring (accuracy, Consistency_2, AC3) and the Tables 1/3 results table.
+Evaluation (greedy, or sampled as Table 6), scoring (accuracy, Consistency_2, AC3), Tables 1/3.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from xlalign.calm.parse import parse_letter
+from xlalign.calm.items import gold, n_options
+from xlalign.calm.parse import parse_answer
 from xlalign.config import Profile, derive
 from xlalign.evaluation.parse import INVALID
 
@@ -56,7 +57,11 @@ def calm_train_profile(profile: Profile, method: str, batch_size: int) -> Profil
     )
 
 
-def _train_variant(profile, method, rows, batching, batch_size, out_dir, model, tokenizer) -> dict:
+def _train_variant(
+    profile, method, rows, batching, batch_size, out_dir, model, tokenizer, init_adapter=None
+) -> dict:
+    """Train one variant on its own copy of ``model``; ``init_adapter``: continue training that
+    LoRA adapter (Table 10's sequential steps) instead of a fresh one."""
     from xlalign.training.run import train_preference, train_sft
 
     if not rows:
@@ -66,7 +71,12 @@ def _train_variant(profile, method, rows, batching, batch_size, out_dir, model, 
     columns = ("prompt", "completion") if method == "sft" else ("prompt", "chosen", "rejected")
     data = trainer_rows(rows, batching, columns)
     # Each variant trains its own copy: peft injects LoRA layers into the model it is given.
-    policy = copy.deepcopy(model)
+    if init_adapter:
+        from peft import PeftModel
+
+        policy = PeftModel.from_pretrained(copy.deepcopy(model), init_adapter, is_trainable=True)
+    else:
+        policy = copy.deepcopy(model)
     if method == "sft":
         result = train_sft(prof, data, out_dir, model=policy, tokenizer=tokenizer)
     else:
@@ -80,6 +90,7 @@ def _train_variant(profile, method, rows, batching, batch_size, out_dir, model, 
         "wall_time_s": result.wall_time_s,
         "adapter_dir": str(result.adapter_dir),
         "train_loss": result.metrics.get("train_loss"),
+        "init_adapter": init_adapter,
     }
 
 
@@ -94,26 +105,44 @@ def predict(
     prompts: dict[tuple[str, str], str],
     max_new_tokens: int,
     batch_size: int,
+    *,
+    decoding: str = "greedy",
+    temperature: float = 1.0,
+    top_p: float = 0.9,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Greedy CoT answers with the sampling prompt, parsed: one row per (question, language)."""
-    from xlalign.generation import greedy_generate
+    """CoT answers with the sampling prompt, parsed: one row per (question, language).
+
+    ``decoding`` "greedy" (deterministic), or "sample": one answer at ``temperature`` / ``top_p``
+    (CALM Table 6: T = 1, top-p 0.9), seeded, so a rerun gives the same answers.
+    """
+    from xlalign.generation import greedy_generate, sample_shared_prefill
 
     keys = [(q, lang) for q in questions for lang in langs]
-    texts = greedy_generate(
-        model, tokenizer, [prompts[k] for k in keys], max_new_tokens, batch_size
-    )
+    texts_in = [prompts[k] for k in keys]
+    if decoding == "greedy":
+        texts = greedy_generate(model, tokenizer, texts_in, max_new_tokens, batch_size)
+    elif decoding == "sample":
+        outs = sample_shared_prefill(
+            model, tokenizer, texts_in, 1, temperature=temperature, top_p=top_p,
+            max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
+        )  # fmt: skip
+        texts = [o[0] for o in outs]
+    else:
+        raise ValueError(f"decoding={decoding!r}; use 'greedy' or 'sample'")
     rows = []
     for (q, lang), raw in zip(keys, texts, strict=True):
         item = questions[q][lang]
-        letter = parse_letter(raw, lang, len(item.options))
+        label = gold(item)
+        answer = parse_answer(raw, lang, n_options(item))
         rows.append(
             {
                 "item_id": f"{q}.{lang}",
                 "sample_id": q,
                 "lang": lang,
-                "label": item.answer,
-                "pred": letter or INVALID,
-                "correct": letter == item.answer,
+                "label": label,
+                "pred": answer or INVALID,
+                "correct": answer == label,
                 "raw": raw,
             }
         )
@@ -155,15 +184,36 @@ def results_table(
 
     One block per evaluated variant (named as in the papers' tables where they have one), accuracy
     per language with bootstrap CIs, ACC_avg, Consistency_2 and AC3, and gains over ``base``.
+    A run of several tasks (``calm/tasks.json``, one folder per task) gives every task's table,
+    its columns prefixed by the task as in the paper's Table 1 (``xcsqa_english``, ``medqa_ac3``),
+    each in the languages that task was evaluated in (its ``metrics.json``); ``langs`` is unused.
     """
+    import json
+
     from xlalign.evaluation.predictions import read_predictions_frame
     from xlalign.report.tables import calm_table
 
+    tasks_file = Path(calm_dir) / "tasks.json"
+    if not (Path(calm_dir) / "predictions").is_dir() and tasks_file.exists():
+        frames = []
+        for task in json.loads(tasks_file.read_text())["tasks"]:
+            task_dir = Path(calm_dir) / task
+            task_langs = json.loads((task_dir / "metrics.json").read_text())["eval_langs"]
+            tidy = results_table(task_dir, model, task_langs, seed, n_resamples)
+            frames.append(tidy.assign(column=task + "_" + tidy["column"]))
+        return pd.concat(frames, ignore_index=True)
     pred_dir = Path(calm_dir) / "predictions"
     files = {f.stem: f for f in sorted(pred_dir.glob("*.jsonl"))}
     if "base" not in files:
         raise FileNotFoundError(f"{pred_dir}: no base.jsonl; run the CALM chain first")
-    order = [n for n in PAPER_BLOCKS if n in files] + [n for n in files if n not in PAPER_BLOCKS]
+    # Other variants in the order the chain ran them (Table 10's steps in order), where it says.
+    metrics_file = Path(calm_dir) / "metrics.json"
+    ran = list(json.loads(metrics_file.read_text())["evaluation"]) if metrics_file.exists() else []
+    extra = sorted(
+        (n for n in files if n not in PAPER_BLOCKS),
+        key=lambda n: (n not in ran, ran.index(n) if n in ran else 0, n),
+    )
+    order = [n for n in PAPER_BLOCKS if n in files] + extra
     frames, base = [], None
     for name in order:
         preds = read_predictions_frame(files[name], dtype={"sample_id": str, "label": str})

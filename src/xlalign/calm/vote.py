@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from xlalign.calm.parse import parse_letter
+from xlalign.calm.items import gold, n_options
+from xlalign.calm.parse import parse_answer
 from xlalign.calm.prompts import build_prompt
 
 # --------------------------------------------------------------------------- sampling
@@ -18,7 +19,11 @@ from xlalign.calm.prompts import build_prompt
 
 @dataclass
 class Sample:
-    """One sampled CoT answer: the j-th of m for question ``qid`` in ``lang``."""
+    """One sampled CoT answer: the j-th of m for question ``qid`` in ``lang``.
+
+    ``letter`` is the parsed answer: an option letter, or for a numeric task (``n_options`` 0) the
+    canonical number ("18", "3.5"); ``gold`` is written the same way.
+    """
 
     qid: str
     lang: str
@@ -72,7 +77,8 @@ def sample_answers(
     """m CoT samples per question and language, parsed; ordered by question, language, index.
 
     ``sampler`` replaces the model (tests inject texts through it); otherwise
-    ``generation.sample_shared_prefill`` encodes each prompt once for its m samples.
+    ``generation.sample_shared_prefill`` encodes each prompt once for its m samples (with a
+    ``tqdm.auto`` progress bar over prompts).
     """
     requests = [(qid, lang, prompts[(qid, lang)]) for qid in questions for lang in langs]
     if sampler is None:
@@ -99,9 +105,9 @@ def sample_answers(
     samples = []
     for (qid, lang, _), outs in zip(requests, texts, strict=True):
         item = questions[qid][lang]
-        n = len(item.options)
+        n, g = n_options(item), gold(item)
         for j, text in enumerate(outs):
-            samples.append(Sample(qid, lang, j, text, parse_letter(text, lang, n), item.answer, n))
+            samples.append(Sample(qid, lang, j, text, parse_answer(text, lang, n), g, n))
     return samples
 
 
