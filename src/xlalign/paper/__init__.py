@@ -1,5 +1,5 @@
-"""The two papers' published numbers: transcribed tables (``tables``) and their arithmetic checks (``checks``).
-Our own runs' tables and figures live in xlalign.report.
+"""The two papers' published numbers: transcribed tables (``tables``) and their arithmetic checks (``checks``);
+what each paper states about its setup (``settings``). Our own runs' tables and figures live in xlalign.report.
 """
 
 from xlalign.paper.checks import (  # noqa: F401
@@ -15,6 +15,7 @@ from xlalign.paper.checks import (  # noqa: F401
     documented_discrepancies,
     run_checks,
 )
+from xlalign.paper.settings import SETTINGS, Setting, profile_value, provenance  # noqa: F401
 from xlalign.paper.tables import (  # noqa: F401
     AC3_TOL,
     DELTA_TOL,

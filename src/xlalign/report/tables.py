@@ -269,3 +269,17 @@ def write_table(
     tidy[SCHEMA_COLUMNS].to_csv(csv_path, index=False)
     md_path.write_text(markdown + "\n", encoding="utf-8")
     return csv_path, md_path
+
+
+def provenance_markdown(profile) -> str:
+    """The profile's training and evaluation settings as a pipe table, each marked as stated by a
+    paper (with where) or as this project's choice (``xlalign.paper.settings``)."""
+    from xlalign.paper.settings import provenance
+
+    frame = provenance(profile)
+    frame["paper_value"] = frame["paper_value"].map(lambda v: "" if v is None else str(v))
+    frame["value"] = frame["value"].map(str)
+    frame = frame.rename(
+        columns={"value": f"{profile.name} profile", "paper_value": "paper's value"}
+    ).set_index("key")
+    return _pipe_table(frame)
