@@ -264,3 +264,47 @@ def test_run_records_the_resolved_dtype_and_load_model_uses_it(tmp_path, avx2_cp
     )
     model, _ = models.load_model(auto, device="cpu")
     assert model.dtype == torch.float32
+
+
+class _FakeState:
+    """accelerate's PartialState as rank ``local_process_index`` of a launch sees it."""
+
+    def __init__(self, local_process_index: int):
+        self.local_process_index = local_process_index
+
+
+@pytest.mark.parametrize("rank", [0, 1, 3])
+def test_a_4bit_model_goes_to_its_own_rank_s_gpu(monkeypatch, tiny_profile, tiny_model_dir, rank):
+    """Under accelerate launch each rank loads NF4 onto its own GPU; without device_map all share cuda:0."""
+    import accelerate
+    from transformers import AutoModelForCausalLM
+
+    seen = {}
+
+    def fake_from_pretrained(source, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop after from_pretrained's arguments")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(accelerate, "PartialState", lambda: _FakeState(rank))
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
+    monkeypatch.setattr(models, "bnb_config", lambda profile: "nf4-config")
+    nf4 = Profile(
+        cache_dir=tiny_profile.cache_dir,
+        model=ModelSection(name="tiny-random", dtype="bfloat16", quantization="nf4"),
+    )
+    with pytest.raises(RuntimeError, match="stop after"):
+        models.load_model(nf4)
+    assert seen["device_map"] == {"": rank} and seen["quantization_config"] == "nf4-config"
+    assert models.quantized_device_map() == {"": rank}
+
+    seen.clear()  # a float model is moved by the trainer, not placed at load time
+    with pytest.raises(RuntimeError, match="stop after"):
+        float_model = ModelSection(name="tiny-random", dtype="float32")
+        models.load_model(Profile(cache_dir=tiny_profile.cache_dir, model=float_model))
+    assert "device_map" not in seen
+
+
+def test_no_device_map_on_a_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert models.quantized_device_map() is None

@@ -546,6 +546,20 @@ def bnb_config(profile: Profile):
     )
 
 
+def quantized_device_map() -> dict[str, int] | None:
+    """Where this process's 4-bit model goes: its own GPU, ``{"": local process index}``.
+
+    A bitsandbytes model is placed when it is loaded and cannot be moved afterwards, so under
+    ``accelerate launch`` each rank must name its GPU (accelerate's documented way for data-parallel
+    QLoRA); without it every rank lands on ``cuda:0``. One process gets ``{"": 0}``; None on a CPU.
+    """
+    if not torch.cuda.is_available():
+        return None
+    from accelerate import PartialState
+
+    return {"": PartialState().local_process_index}
+
+
 def load_model(profile: Profile, device: str | None = None):
     """Load the profile's model (float or NF4) and tokenizer. Returns (model, tokenizer)."""
     from transformers import AutoModelForCausalLM
@@ -555,6 +569,9 @@ def load_model(profile: Profile, device: str | None = None):
     if profile.model.quantization == "nf4":
         kwargs["quantization_config"] = bnb_config(profile)
         kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        device_map = quantized_device_map()
+        if device_map is not None:
+            kwargs["device_map"] = device_map
     else:
         kwargs["dtype"] = _dtype(profile.model.dtype, device)
     try:
@@ -623,8 +640,12 @@ def build_qlora(profile: Profile):
 
     qprofile = replace(profile, model=replace(profile.model, quantization="nf4"))
     model, tok = load_model(qprofile)
+    # Non-reentrant checkpointing: the reentrant kind re-runs forwards that DDP sees as a second use
+    # of each parameter ("marked ready twice") when the adapter trains across processes.
     model = prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=profile.train.gradient_checkpointing
+        model,
+        use_gradient_checkpointing=profile.train.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
     )
     return model, lora_config(profile, model), tok
 
