@@ -118,7 +118,9 @@ def adapter_label(info: TrainResult) -> str:
 
 def train(profile: Profile, run: Run, label: str, data: ProbeData) -> TrainResult:
     """Train one adapter into ``train/<label>``; a finished run is reused, an interrupted one resumes,
-    and a finished run of the same configuration under another label is used instead of retraining."""
+    and a finished run of the same configuration under another label is used instead of retraining.
+    A profile asking for several processes trains through ``accelerate launch`` (a subprocess of this
+    one, which keeps the run's lock and records the step); ``batch`` records the global batch."""
     from xlalign.training.run import train_preference
 
     out = run.path / "train" / label
@@ -135,6 +137,7 @@ def train(profile: Profile, run: Run, label: str, data: ProbeData) -> TrainResul
         wall_time_s=round(res.wall_time_s, 1),
         steps=res.steps,
         tokens_per_s=round(res.tokens_per_s, 1),
+        batch=res.batch,  # per_device x processes x grad_accum = global
     )
     gc.collect()
     return res

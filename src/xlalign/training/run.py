@@ -1,7 +1,8 @@
 """Train one adapter from a profile: build the TRL config and trainer, resume, save, record.
 
 A finished directory is final (reused, never retrained); an interrupted one resumes from its last
-complete checkpoint, and only when its recorded training signature matches.
+complete checkpoint, and only when its recorded training signature matches. A profile asking for more
+than one process trains through ``accelerate launch`` (``xlalign.training.launch``) into the same files.
 
     from xlalign.training.run import train_preference
     result = train_preference(profile, rows, "runs/<id>/train/orpo-aligned", resume=True)
@@ -9,16 +10,18 @@ complete checkpoint, and only when its recorded training signature matches.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
 from xlalign.config import Profile
+from xlalign.training.launch import global_batch
 from xlalign.training.sampling import META_KEYS, AlignmentError
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,8 @@ class TrainResult:
     train_log: Path
     batch_logs: list[Path]
     metrics: dict
+    # Rows per optimizer step: per_device x processes x grad_accum = global (launch.global_batch).
+    batch: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -55,8 +60,13 @@ class TrainResult:
 
 
 def training_signature(profile: Profile, method: str) -> dict:
-    """What must match for a resume to be valid: everything that shapes the optimisation."""
-    return {
+    """What must match for a resume to be valid: everything that shapes the optimisation.
+
+    The number of processes shapes the global batch and the data order, so a run on several is
+    signed with it (one process adds nothing, so in-process signatures are as before)."""
+    from xlalign.training.launch import world_size
+
+    signature = {
         "method": method,
         "model": asdict(profile.model),
         "lora": asdict(profile.lora),
@@ -64,6 +74,10 @@ def training_signature(profile: Profile, method: str) -> dict:
         "data": asdict(profile.data),
         "seed": profile.seed,
     }
+    processes = world_size(profile)
+    if processes > 1:
+        signature["processes"] = processes
+    return signature
 
 
 def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -151,6 +165,12 @@ def _training_args(profile: Profile, out: Path) -> dict:
     t = profile.train
     cpu = not torch.cuda.is_available()
     return dict(
+        # Across processes (DDP): every LoRA parameter takes part in every step, and non-reentrant
+        # checkpointing keeps DDP from seeing a parameter used twice (models.build_qlora does the same).
+        ddp_find_unused_parameters=False,
+        gradient_checkpointing_kwargs={"use_reentrant": False}
+        if t.gradient_checkpointing
+        else None,
         output_dir=str(out),
         per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -224,6 +244,23 @@ def _as_dataset(dataset, columns: tuple[str, ...]):
     return dataset
 
 
+def _prepare(profile: Profile, method: str, dataset, out: Path, resume: bool):
+    """(the finished result or None, the dataset): the checks made before any model loads."""
+    signature = training_signature(profile, method)
+    done = finished_result(out, signature)
+    if done is not None:
+        log.info("%s finished earlier (%d steps); reusing it", out, done.steps)
+        return done, None
+    if out.exists() and any(out.glob("checkpoint-*")) and not resume:
+        raise FileExistsError(
+            f"{out} already holds checkpoints; pass resume=True or use a new directory"
+        )
+    columns = ("prompt", "completion") if method == "sft" else ("prompt", "chosen", "rejected")
+    dataset = _as_dataset(dataset, columns)
+    _check_signature(out, signature)
+    return None, dataset
+
+
 def _train(
     profile: Profile,
     method: str,
@@ -234,22 +271,45 @@ def _train(
     resume: bool,
     callbacks,
 ) -> TrainResult:
+    """In this process, or through ``accelerate launch`` when the profile asks for more processes."""
+    from xlalign.training import launch
+
+    if not launch.needs_launch(profile):
+        return train_in_process(
+            profile, method, dataset, output_dir, model, tokenizer, resume, callbacks
+        )
+    if callbacks:
+        raise ValueError(
+            f"callbacks cannot reach the {launch.process_count(profile)} processes "
+            f"{profile.accelerate_config} starts; pass num_processes=1 to train in this process"
+        )
+    if model is not None:
+        log.warning("the model passed in is not used: each of the launched processes loads its own")
+    out = Path(output_dir)
+    done, dataset = _prepare(profile, method, dataset, out, resume)
+    if done is not None:
+        return done
+    return launch.train_launched(profile, method, dataset, out, resume)
+
+
+def train_in_process(
+    profile: Profile,
+    method: str,
+    dataset,
+    output_dir,
+    model=None,
+    tokenizer=None,
+    resume: bool = False,
+    callbacks=None,
+) -> TrainResult:
+    """Train in this process: alone, or as one rank of an ``accelerate launch`` (launch.main)."""
     from xlalign.models import lora_config, model_source, resolved_commit
     from xlalign.training.trainers import AlignedDPOTrainer, AlignedORPOTrainer, AlignedSFTTrainer
 
     out = Path(output_dir)
-    signature = training_signature(profile, method)
-    done = finished_result(out, signature)
+    done, dataset = _prepare(profile, method, dataset, out, resume)
     if done is not None:
-        log.info("%s finished earlier (%d steps); reusing it", out, done.steps)
         return done
-    if out.exists() and any(out.glob("checkpoint-*")) and not resume:
-        raise FileExistsError(
-            f"{out} already holds checkpoints; pass resume=True or use a new directory"
-        )
-    columns = ("prompt", "completion") if method == "sft" else ("prompt", "chosen", "rejected")
-    dataset = _as_dataset(dataset, columns)
-    _check_signature(out, signature)
     if model is None:
         model, tokenizer = _load_policy(profile)
     trainer_cls = {"dpo": AlignedDPOTrainer, "orpo": AlignedORPOTrainer, "sft": AlignedSFTTrainer}
@@ -262,6 +322,8 @@ def _train(
         callbacks=[_WallClock(out), *(callbacks or [])],  # the clock writes before any user hook
     )
     result = _run(trainer, out, resume)
+    if trainer.args.world_size > 1:
+        result.metrics["replica_adapter_sha256"] = _replica_digests(trainer)
     result.metrics["model_source"] = model_source(profile)[0]
     result.metrics["model_commit"] = resolved_commit(getattr(model, "base_model", model))
     if trainer.args.process_index == 0:
@@ -320,6 +382,28 @@ class _WallClock(TrainerCallback):
                 (ckpt / WALL_FILE).write_text(json.dumps({"wall_time_s": self.elapsed()}))
 
 
+def _trainable_sha256(model) -> str:
+    """sha256 of the trainable parameters (names and float32 values), to compare across ranks."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda x: x[0]):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _replica_digests(trainer) -> list[str]:
+    """Each rank's adapter digest, in rank order; data-parallel training must leave them all equal."""
+    from accelerate.utils import gather_object
+
+    digests = gather_object([_trainable_sha256(trainer.model)])
+    if len(set(digests)) != 1 and trainer.args.process_index == 0:
+        log.error(
+            "the ranks ended with different adapters (gradients were not synchronised): %s", digests
+        )
+    return digests
+
+
 def _run(trainer, out: Path, resume: bool) -> TrainResult:
     last = last_complete_checkpoint(out) if resume and out.exists() else None
     clock = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, _WallClock))
@@ -359,4 +443,9 @@ def _run(trainer, out: Path, resume: bool) -> TrainResult:
         train_log=out / "train_log.jsonl",
         batch_logs=batch_logs,
         metrics=metrics,
+        batch=global_batch(
+            trainer.args.per_device_train_batch_size,
+            trainer.args.world_size,
+            trainer.args.gradient_accumulation_steps,
+        ),
     )
