@@ -1,6 +1,8 @@
 """Run directories: every run writes ``runs/<run-id>/`` with its resolved config and provenance.
 
 A record holds the config, package versions, git commit, seed, times and device; runs never overwrite.
+Notebooks opened without a run directory share the profile's current run (``open_run``:
+``<run_root>/<profile>-current``, a symlink to the run the profile's notebooks last opened).
 
 One process at a time: ``start_run`` takes an exclusive lock on the run directory (``.run.lock``,
 through ``filelock``, an OS lock the kernel drops when the process dies, so a killed run never leaves a
