@@ -4,6 +4,7 @@ The same entry point serves one process and ``accelerate launch`` across GPUs or
 
 Examples:
     python -m xlalign reproduce --profile cpu
+    python -m xlalign reproduce --profile paper --dry-run
     python -m xlalign prepare-model --profile cpu
     python -m xlalign build-data --profile smoke --run-dir runs/try
     python -m xlalign train --profile smoke --run-dir runs/try train.batching=uncoupled
@@ -111,10 +112,45 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_reproduce(args) -> None:
+    profile = _profile(args)
+    if args.dry_run:
+        dry_run(profile, only=args.only, as_json=args.json)
+        return
     from xlalign.pipeline import reproduce
 
-    profile = _profile(args)
-    reproduce(profile, run_id=args.run_id, only=args.only, overrides=args.overrides)
+    reproduce(
+        profile,
+        run_id=args.run_id,
+        only=args.only,
+        overrides=args.overrides,
+        estimate=not args.no_estimate,
+    )
+
+
+def dry_run(profile, only: list[str] | None = None, as_json: bool = False) -> None:
+    """Print what ``reproduce`` would do per notebook; no model is loaded, no run directory made.
+    With a measurement of this machine from the last day, each notebook's estimate too."""
+    import os
+
+    from xlalign.estimate import cached_throughput, estimate_plan
+    from xlalign.plan import format_plan, plan_chain
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a dry run downloads nothing
+    plans = plan_chain(profile, only=only)
+    th = cached_throughput(profile)
+    estimates = estimate_plan(plans, th) if th is not None else None
+    if as_json:
+        out = {"profile": profile.name, "notebooks": [nb.to_dict() for nb in plans]}
+        if estimates:
+            out["estimate_s"] = estimates
+        print(json.dumps(out, indent=1, default=jsonable))
+        return
+    print(
+        f"profile {profile.name}: model {profile.model.name}, dry run (nothing loaded or written)"
+    )
+    print(format_plan(plans, estimates))
+    if estimates is None:
+        print("(no estimate: this machine's throughput is measured when `make reproduce` starts)")
 
 
 def cmd_validate(args) -> None:
@@ -164,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("reproduce", cmd_reproduce, "run every notebook with papermill")
     p.add_argument("--run-id", default=None, help="resume this run (runs/<id>)")
     p.add_argument("--only", nargs="*", default=None, help="notebook prefixes, e.g. 00 01")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print each notebook's datasets, benchmarks, launches and model runs; run nothing",
+    )
+    p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
+    p.add_argument(
+        "--no-estimate", action="store_true", help="skip the up-front throughput measurement"
+    )
     add(
         "validate-configs",
         cmd_validate,

@@ -70,12 +70,6 @@ def _cache_file(profile: Profile, dtype: str) -> Path:
     return profile.cache_path / "throughput" / f"{safe}.json"
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 NOTEBOOK_IMPORTS = "import xlalign.experiments, xlalign.report, xlalign.calm, peft, trl"
 
 
@@ -88,6 +82,21 @@ def _import_seconds() -> float:
     else:
         subprocess.run([sys.executable, "-c", NOTEBOOK_IMPORTS], check=False, capture_output=True)
     return time.perf_counter() - t0
+
+
+def cached_throughput(profile: Profile) -> Throughput | None:
+    """The last measurement of this model on this host, if one is younger than a day (no model is
+    loaded: what a dry run can show)."""
+    from xlalign.models import dtype_record
+
+    cache = _cache_file(profile, str(dtype_record(profile).get("resolved", profile.model.dtype)))
+    try:
+        d = json.loads(cache.read_text())
+        if time.time() - d.get("measured_at", 0) < CACHE_MAX_AGE_S:
+            return Throughput(**d)
+    except (OSError, ValueError, TypeError):
+        pass
+    return None
 
 
 def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Throughput:
@@ -103,13 +112,8 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
 
     dtype = str(dtype_record(profile).get("resolved", profile.model.dtype))
     cache = _cache_file(profile, dtype)
-    if not fresh and cache.exists():
-        try:
-            d = json.loads(cache.read_text())
-            if time.time() - d.get("measured_at", 0) < CACHE_MAX_AGE_S:
-                return Throughput(**d)
-        except (ValueError, TypeError):
-            pass  # a damaged or older cache entry is measured again
+    if not fresh and (known := cached_throughput(profile)) is not None:
+        return known
     t_all = time.perf_counter()
     startup_s = _import_seconds() if startup else 0.0
     t0 = time.perf_counter()
@@ -135,23 +139,25 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
     with torch.inference_mode():
         score_prompts(model, tok, sample[:1], batch_size=1)  # warm-up (allocations, lazy init)
         n = min(len(sample), max(2, min(profile.eval.batch_size, 4)))
-        dt = _timed(lambda: score_prompts(model, tok, sample[:n], batch_size=n))
+        t0 = time.perf_counter()
+        score_prompts(model, tok, sample[:n], batch_size=n)
+        dt = time.perf_counter() - t0
     fwd = dt / sum(len(encode(tok, p)) for p in sample[:n])
 
     decode_batch = max(1, profile.calm.sample_batch_size)
     ids = torch.randint(10, 1000, (decode_batch, 32))
     steps = 6
     with torch.inference_mode():
-        dt = _timed(
-            lambda: model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=steps,
-                min_new_tokens=steps,
-                do_sample=False,
-                pad_token_id=0,
-            )
+        t0 = time.perf_counter()
+        model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            pad_token_id=0,
         )
+        dt = time.perf_counter() - t0
     decode = max(1e-4, (dt - ids.numel() * fwd) / steps)
 
     from peft import get_peft_model
@@ -162,13 +168,20 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
     width = min(len(b) for b in batch)
     x = torch.tensor([b[:width] for b in batch])
 
-    def step():
+    times = []
+    for _ in range(2):  # the first is a warm-up (autograd graph, LoRA weights)
+        t0 = time.perf_counter()
         out = peft_model(input_ids=x, logits_to_keep=8)
         out.logits.float().logsumexp(-1).mean().backward()
+        peft_model.zero_grad()
+        times.append(time.perf_counter() - t0)
+    train = times[-1] / x.numel()
+    del peft_model, model, out
+    import gc
 
-    step()  # warm-up: autograd graph, LoRA weights
-    peft_model.zero_grad()
-    train = _timed(step) / x.numel()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the chain's notebooks need the memory
 
     th = Throughput(
         model=profile.model.name,
@@ -253,11 +266,7 @@ def run_seconds(run: ModelRun, th: Throughput) -> float:
         steps = math.ceil(items / max(1, run.batch_size or 1)) * (run.new_tokens or 0)
         return items * CALM_PROMPT_TOKENS * th.forward_s_per_token + steps * th.decode_s_per_step
     if run.kind == "benchmark":
-        from xlalign.experiments.generalization import benchmark_tasks
-
-        tasks, _include, limit = benchmark_tasks(p)
-        n_tasks = len(tasks) * 2  # each named task runs in the paper's languages (two locally)
-        requests = n_tasks * (limit or 0) * BENCH_REQUESTS_PER_ITEM
+        requests = (run.items or 0) * BENCH_REQUESTS_PER_ITEM
         return (
             th.load_s + BENCH_SETUP_S + requests * BENCH_TOKENS_PER_REQUEST * th.forward_s_per_token
         )
@@ -297,6 +306,20 @@ def estimate_notebook(
 
 def estimate_runs(runs: list[ModelRun], th: Throughput) -> float:
     return round(sum(run_seconds(r, th) for r in runs), 1)
+
+
+def chain_lines(estimates: dict[str, float], done: dict[str, float] | None = None) -> list[str]:
+    """What ``make reproduce`` prints before it starts: one line per notebook and the total."""
+    done = done or {}
+    lines = []
+    for nb, s in estimates.items():
+        if nb in done:
+            lines.append(f"  {nb:<22} done earlier in this run ({format_seconds(done[nb])})")
+        else:
+            lines.append(f"  {nb:<22} about {format_seconds(s)}")
+    left = sum(s for nb, s in estimates.items() if nb not in done)
+    lines.append(f"  {'total':<22} about {format_seconds(left)} on this machine")
+    return lines
 
 
 def about(what: str, seconds: float) -> str:

@@ -105,18 +105,59 @@ def _run_notebooks(profile, run, out_dir, only, overrides, progress) -> dict[str
     return times
 
 
+def up_front_estimate(profile: Profile, run: Run, only: list[str] | None = None) -> dict | None:
+    """Measure this machine's throughput on the profile's model (a few seconds), print the expected
+    wall time of each notebook still to run and of the chain, and record it in ``run.json``
+    (``estimate``; the report puts each notebook's estimate beside its actual time). A failed
+    measurement is reported and skipped: it never stops the chain."""
+    from xlalign.estimate import chain_lines, estimate_chain, measure
+
+    try:
+        t0 = time.perf_counter()
+        th = measure(profile, fresh=True)
+        estimates = estimate_chain(profile, th, only=only)
+    except Exception as exc:  # noqa: BLE001 - the estimate is advice, the chain is the work
+        print(f"[xlalign] no up-front estimate ({type(exc).__name__}: {exc})"[:300], flush=True)
+        return None
+    steps = run.record.get("steps", {})
+    done = {
+        nb: steps[f"notebook/{nb}"]["wall_time_s"]
+        for nb in estimates
+        if steps.get(f"notebook/{nb}", {}).get("status") == "ok"
+    }
+    print(
+        f"[xlalign] measured {th.model} ({th.dtype}, {th.device}) in "
+        f"{time.perf_counter() - t0:.0f} s; expected wall time:",
+        flush=True,
+    )
+    for line in chain_lines(estimates, done):
+        print(f"[xlalign] {line}", flush=True)
+    record = {
+        "notebooks_s": estimates,
+        "total_s": round(sum(s for nb, s in estimates.items() if nb not in done), 1),
+        "throughput": th.to_dict(),
+    }
+    run.record["estimate"] = record
+    run.save()
+    return record
+
+
 def reproduce(
     profile: Profile,
     run_id: str | None = None,
     only: list[str] | None = None,
     overrides: list[str] = (),
+    estimate: bool = True,
 ) -> Run:
-    """``make reproduce``: one run directory, every notebook, the report last."""
+    """``make reproduce``: one run directory, every notebook, the report last; first, with
+    ``estimate``, the expected wall time per notebook (``up_front_estimate``)."""
     run_dir = Path(profile.run_root) / run_id if run_id else None
     resume = bool(run_id) and (REPO_ROOT / profile.run_root / run_id / "run.json").exists()
     run = start_run(profile, run_dir, label="reproduce", resume=resume)
     print(f"[xlalign] run directory: {run.path}", flush=True)
     try:
+        if estimate:
+            up_front_estimate(profile, run, only=only)
         times = run_notebooks(profile, run, only=only, overrides=overrides)
     except BaseException as exc:  # a failed notebook, Ctrl-C, anything: the record says so
         run.finish(status="failed", error=f"{type(exc).__name__}: {exc}"[:500])

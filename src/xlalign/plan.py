@@ -34,6 +34,7 @@ class ModelRun:
     label: str
     model: str
     items: int | None = None
+    langs: list[str] = field(default_factory=list)
     method: str | None = None
     batching: str | None = None
     batch_size: int | None = None
@@ -62,6 +63,8 @@ class ModelRun:
             bits.append(f"{self.steps} steps")
         if self.items is not None:
             bits.append(f"{self.items} items")
+        if self.langs:
+            bits.append("/".join(self.langs))
         if self.new_tokens:
             bits.append(f"{self.new_tokens} new tokens")
         if self.launch != IN_PROCESS:
@@ -162,6 +165,33 @@ def train_steps(profile: Profile, pairs: list[dict]) -> int:
     return int(math.ceil(t.epochs * per_epoch))
 
 
+@dataclass
+class Unavailable:
+    """Probe data a dry run cannot build here (a hub source offline): runs are listed, not counted."""
+
+    reason: str
+    rows: None = None
+    test_rows: None = None
+    train_pref: None = None
+    report: dict = field(default_factory=dict)
+
+
+def subset(
+    rows: list[dict] | None, langs: list[str], per_lang: int, seed: int
+) -> list[dict] | None:
+    """``steps.eval_subset`` (the items a step evaluates), or None where the data is unavailable."""
+    from xlalign.experiments.steps import eval_subset
+
+    return None if rows is None else eval_subset(rows, langs, per_lang, seed)
+
+
+def train_steps_or_none(profile: Profile, pairs: list[dict] | None) -> int | None:
+    if pairs is None:
+        t = profile.train
+        return int(t.max_steps) if t.max_steps and t.max_steps > 0 else None
+    return train_steps(profile, pairs)
+
+
 class _Chain:
     """Reuse across the chain, as the steps do it: a training of the same signature is trained once
     (``steps.same_training``), an evaluation label whose items are a subset of an earlier one's is
@@ -184,7 +214,10 @@ class _Chain:
             profile = derive(profile, data={"translator": "fake"})
         key = json.dumps(asdict(profile.data), sort_keys=True, default=str)
         if key not in self._data:
-            self._data[key] = build_probe_data(profile)
+            try:
+                self._data[key] = build_probe_data(profile)
+            except Exception as exc:  # noqa: BLE001 - e.g. a hub source on an offline machine
+                self._data[key] = Unavailable(f"{type(exc).__name__}: {exc}"[:300])
         return self._data[key]
 
     def train(self, label: str, profile: Profile, data) -> ModelRun:
@@ -197,11 +230,11 @@ class _Chain:
             method=t.method,
             batching=t.batching,
             batch_size=t.batch_size,
-            steps=train_steps(profile, data.train_pref),
+            steps=train_steps_or_none(profile, data.train_pref),
             launch=launch(profile),
             reuses=self.trained.get(sig),
             profile=profile,
-            pairs=data.train_pref,
+            pairs=data.train_pref or [],
         )
         self.trained.setdefault(sig, label)
         return run
@@ -210,8 +243,15 @@ class _Chain:
         """The evaluation label of a training run's adapter: its (first) training directory."""
         return run.reuses or run.label
 
-    def evaluate(self, label: str, profile: Profile, rows: list[dict], note: str = "") -> ModelRun:
-        ids = {r["item_id"] for r in rows}
+    def evaluate(
+        self,
+        label: str,
+        profile: Profile,
+        rows: list[dict] | None,
+        langs: list[str],
+        note: str = "",
+    ) -> ModelRun:
+        ids = {r["item_id"] for r in rows or []}
         done = self.evaluated.get(label)
         reuses = label if done is not None and ids <= done else None
         if reuses is None:
@@ -221,221 +261,268 @@ class _Chain:
             "eval",
             label,
             profile.model.name,
-            items=len(rows),
+            items=None if rows is None else len(rows),
+            langs=list(langs),
             new_tokens=profile.eval.max_new_tokens if mode == "generation" else None,
             reuses=reuses,
             note=note or mode,
             profile=profile,
-            rows=rows,
+            rows=rows or [],
         )
 
 
 def _corpus(profile: Profile) -> str:
-    return f"probe corpus {profile.data.corpus_dir} (k = {profile.data.k})"
+    d = profile.data
+    where = d.corpus_dir if getattr(d, "source", "corpus") == "corpus" else d.source
+    return f"probe passages: {where} (k = {d.k})"
+
+
+def _dataset(chain: _Chain, nb: NotebookPlan, profile: Profile):
+    """The probe data of ``profile``, listed under the notebook's datasets."""
+    data = chain.data(profile)
+    if f"{_corpus(profile)}" not in nb.datasets:
+        nb.datasets.append(_corpus(profile))
+    if isinstance(data, Unavailable):
+        nb.notes.append(
+            f"probe data not readable here, items and steps not counted ({data.reason})"
+        )
+    return data
 
 
 # --------------------------------------------------------------------------- per notebook
 
 
 def _nb00(chain: _Chain, nb: NotebookPlan) -> None:
-    from xlalign.experiments.steps import eval_subset
 
     p = chain.profile
-    data = chain.data(p)
-    nb.datasets.append(_corpus(p))
+    data = _dataset(chain, nb, p)
     # Notebook 00's tour: 2 samples in the first four training languages (its own literal values).
-    rows = eval_subset(data.test_rows, p.data.train_langs[:4], 2, p.seed)
-    nb.runs.append(chain.evaluate("quickstart", p, rows, note="scoring (tour)"))
+    langs = p.data.train_langs[:4]
+    rows = subset(data.test_rows, langs, 2, p.seed)
+    nb.runs.append(chain.evaluate("quickstart", p, rows, langs, note="scoring (tour)"))
 
 
 def _nb01(chain: _Chain, nb: NotebookPlan) -> None:
     p = chain.profile
-    data = chain.data(p)
-    c = data.report["counts"]
-    nb.datasets.append(
-        f"{_corpus(p)}: {c['train_pref_rows']} preference rows ({c['train_groups']} groups), "
-        f"{c['test_rows']} test rows, langs {p.data.train_langs} + unseen {p.data.unseen_langs}"
-    )
+    data = _dataset(chain, nb, p)
+    c = data.report.get("counts")
+    if c:
+        nb.datasets[-1] += (
+            f": {c['train_pref_rows']} preference rows ({c['train_groups']} groups), "
+            f"{c['test_rows']} test rows"
+        )
+    nb.datasets[-1] += f", languages {p.data.train_langs} + unseen {p.data.unseen_langs}"
     nb.notes.append("tokenizer only: counts and token lengths")
 
 
 def _nb02(chain: _Chain, nb: NotebookPlan) -> None:
     from xlalign.config import derive
-    from xlalign.experiments.steps import eval_subset, knows_vs_says
+    from xlalign.experiments.steps import knows_vs_says
     from xlalign.results import baseline
 
     p = chain.profile
-    data = chain.data(p)
-    nb.datasets.append(_corpus(p))
+    data = _dataset(chain, nb, p)
     langs = p.data.train_langs + p.data.unseen_langs
-    rows = eval_subset(data.test_rows, langs, p.eval.max_items_per_lang, p.seed)
+    rows = subset(data.test_rows, langs, p.eval.max_items_per_lang, p.seed)
     for name in p.experiments.models:  # notebook 02's loop over the baseline models
         q = derive(p, model={"name": name})
-        nb.runs.append(chain.evaluate(baseline(name), q, rows, note=f"{p.eval.mode}, baseline"))
+        nb.runs.append(
+            chain.evaluate(baseline(name), q, rows, langs, note=f"{p.eval.mode}, baseline")
+        )
     per_lang = inspect.signature(knows_vs_says).parameters["train_per_lang"].default
-    train_rows = [r for r in data.rows if r.get("split") == "train"]
-    train_rows = eval_subset(train_rows, p.data.train_langs, per_lang, p.seed)
-    test_rows = eval_subset(data.test_rows, p.data.train_langs, p.eval.max_items_per_lang, p.seed)
+    train_rows = None if data.rows is None else [r for r in data.rows if r.get("split") == "train"]
+    train_rows = subset(train_rows, p.data.train_langs, per_lang, p.seed)
+    test_rows = subset(data.test_rows, p.data.train_langs, p.eval.max_items_per_lang, p.seed)
     nb.runs.append(
         ModelRun(
             "probe",
             "knows_vs_says",
             p.model.name,
-            items=len(train_rows) + len(test_rows),
-            note=f"hidden states of {len(train_rows)} train + {len(test_rows)} test items, "
-            "a logistic regression per layer",
+            items=None if train_rows is None else len(train_rows) + len(test_rows),
+            note=(
+                f"hidden states of {len(train_rows)} train + {len(test_rows)} test items, "
+                if train_rows is not None
+                else f"hidden states of {per_lang} train samples per language + the test items, "
+            )
+            + "a logistic regression per layer",
             profile=p,
-            rows=train_rows + test_rows,
+            rows=(train_rows or []) + (test_rows or []),
         )
     )
 
 
 def _nb03(chain: _Chain, nb: NotebookPlan) -> None:
     from xlalign.experiments.batch_alignment import arm_profiles
-    from xlalign.experiments.steps import eval_subset
     from xlalign.results import baseline
 
     p = chain.profile
-    data = chain.data(p)
-    nb.datasets.append(_corpus(p))
-    rows = eval_subset(data.test_rows, p.data.train_langs, p.eval.max_items_per_lang, p.seed)
+    data = _dataset(chain, nb, p)
+    langs = p.data.train_langs
+    rows = subset(data.test_rows, langs, p.eval.max_items_per_lang, p.seed)
     for _key, (label, q) in arm_profiles(p).items():
         tr = chain.train(label, q, data)
-        nb.runs += [tr, chain.evaluate(chain.adapter_label(tr), q, rows)]
-    nb.runs.append(chain.evaluate(baseline(p.model.name), p, rows, note=p.eval.mode + ", baseline"))
+        nb.runs += [tr, chain.evaluate(chain.adapter_label(tr), q, rows, langs)]
+    nb.runs.append(
+        chain.evaluate(baseline(p.model.name), p, rows, langs, note=p.eval.mode + ", baseline")
+    )
+
+
+def _calm_counts(p: Profile, task: str, nb: NotebookPlan) -> tuple[int | None, int | None]:
+    """(training questions, test questions) of one CALM task, split as ``calm.pipeline`` splits
+    them; (None, None) where its items cannot be read here (a hub source offline)."""
+    from xlalign.calm.items import group_items, load_task_items, split_questions, task_eval_langs
+
+    c = p.calm
+    langs = list(dict.fromkeys(list(c.train_langs) + task_eval_langs(p, task)))
+    try:
+        ti = load_task_items(p, task, langs)
+    except Exception as exc:  # noqa: BLE001 - a dry run reports what it cannot count
+        nb.notes.append(
+            f"CALM task {task}: items not readable here ({type(exc).__name__}: {exc})"[:300]
+        )
+        return None, None
+    questions, _dropped = group_items(ti.items, langs) if not ti.translate_from else ({}, [])
+    if ti.translate_from:  # translated at run time: count the native bank's questions
+        questions = {i.qid: None for i in ti.items}
+    if ti.split is None:
+        train_ids, test_ids = split_questions(list(questions), p.data.test_fraction, p.seed)
+    else:
+        train_ids = [q for q in questions if ti.split.get(q) == "train"]
+        test_ids = [q for q in questions if ti.split.get(q) == "test"]
+    n_train = min(len(train_ids), c.max_questions) if c.max_questions else len(train_ids)
+    n_test = len(test_ids)
+    if p.eval.max_items_per_lang:
+        n_test = min(n_test, p.eval.max_items_per_lang)
+    nb.datasets.append(f"CALM task {task}: {n_train} training and {n_test} test questions")
+    return n_train, n_test
 
 
 def _nb04(chain: _Chain, nb: NotebookPlan) -> None:
+    from xlalign.calm.items import task_eval_langs
+
     p = chain.profile
     c = p.calm
-    train_langs, eval_langs = list(c.train_langs), list(c.eval_langs)
-    all_langs = list(dict.fromkeys(train_langs + eval_langs))
-    n_train = n_test = None
-    try:  # CALM's own item loading and split (calm.pipeline), as run_calm does it by default
-        from xlalign.calm.items import group_items
-        from xlalign.calm.pipeline import load_calm_items
-
-        items, split = load_calm_items(p, all_langs)
-        questions, _dropped = group_items(items, all_langs)
-        train_ids = [q for q in questions if split.get(q) == "train"]
-        test_ids = [q for q in questions if split.get(q) == "test"]
-        n_train = min(len(train_ids), c.max_questions) if c.max_questions else len(train_ids)
-        n_test = len(test_ids)
-        if p.eval.max_items_per_lang:
-            n_test = min(n_test, p.eval.max_items_per_lang)
-        nb.datasets.append(
-            f"CALM questions from {p.data.corpus_dir}: {n_train} training, {n_test} test"
-        )
-    except Exception as exc:  # noqa: BLE001 - a dry run reports what it cannot count
-        nb.notes.append(f"CALM items not counted in a dry run: {type(exc).__name__}: {exc}"[:200])
-    variants = ["calm", "sft", "gt_dpo", "gt_sft"]
-    if c.incremental and len(train_langs) > 1:
-        variants += ["calm_" + "+".join(train_langs[:k]) for k in range(1, len(train_langs))]
-    nb.runs.append(
-        ModelRun(
-            "calm-sample",
-            "calm/samples",
-            p.model.name,
-            items=None if n_train is None else n_train * len(train_langs) * c.num_samples,
-            batch_size=c.sample_batch_size,
-            new_tokens=c.max_new_tokens,
-            note=f"m = {c.num_samples} in {train_langs}, T = {c.temperature}, top-p {c.top_p}",
-            profile=p,
-        )
-    )
+    train_langs = list(c.train_langs)
+    tasks = list(getattr(c, "tasks", None) or ["corpus_mcq"])
     t = c.train
     steps = t.max_steps if t.max_steps and t.max_steps > 0 else None
-    for v in variants:
-        method = "sft" if v in ("sft", "gt_sft") else "dpo"
+    for task in tasks:
+        eval_langs = task_eval_langs(p, task)
+        n_train, n_test = _calm_counts(p, task, nb)
+        variants = ["calm", "sft", "gt_dpo", "gt_sft"]
+        if c.incremental and len(train_langs) > 1:
+            variants += ["calm_" + "+".join(train_langs[:k]) for k in range(1, len(train_langs))]
+        where = f"calm/{task}" if len(tasks) > 1 else "calm"
         nb.runs.append(
             ModelRun(
-                "calm-train",
-                f"calm/train/{v}",
+                "calm-sample",
+                f"{where}/samples",
                 p.model.name,
-                method=method,
-                batching=c.batching,
-                batch_size=t.batch_size,
-                steps=steps,
-                launch=launch(p),
-                note="" if steps else f"{t.epochs} epochs over the voted pairs",
-                profile=p,
-            )
-        )
-    for v in ["base", *variants]:
-        nb.runs.append(
-            ModelRun(
-                "calm-eval",
-                f"calm/predictions/{v}",
-                p.model.name,
-                items=None if n_test is None else n_test * len(eval_langs),
-                batch_size=p.eval.batch_size,
+                items=None if n_train is None else n_train * len(train_langs) * c.num_samples,
+                batch_size=c.sample_batch_size,
                 new_tokens=c.max_new_tokens,
-                note=f"greedy in {eval_langs}",
+                note=f"m = {c.num_samples} in {train_langs}, T = {c.temperature}, top-p {c.top_p}",
                 profile=p,
             )
         )
+        for v in variants:
+            nb.runs.append(
+                ModelRun(
+                    "calm-train",
+                    f"{where}/train/{v}",
+                    p.model.name,
+                    method="sft" if v in ("sft", "gt_sft") else "dpo",
+                    batching=c.batching,
+                    batch_size=t.batch_size,
+                    steps=steps,
+                    launch=launch(p),
+                    note="" if steps else f"{t.epochs} epochs over the voted pairs",
+                    profile=p,
+                )
+            )
+        for v in ["base", *variants]:
+            nb.runs.append(
+                ModelRun(
+                    "calm-eval",
+                    f"{where}/predictions/{v}",
+                    p.model.name,
+                    items=None if n_test is None else n_test * len(eval_langs),
+                    batch_size=p.eval.batch_size,
+                    new_tokens=c.max_new_tokens,
+                    note=f"in {eval_langs}",
+                    profile=p,
+                )
+            )
 
 
 def _nb05(chain: _Chain, nb: NotebookPlan) -> None:
     from xlalign.experiments import ablations
-    from xlalign.experiments.steps import eval_subset
     from xlalign.results import baseline_mt
 
     p = chain.profile
-    data = chain.data(p)
-    nb.datasets.append(_corpus(p))
-    rows = eval_subset(data.test_rows, p.data.train_langs, p.eval.max_items_per_lang, p.seed)
+    data = _dataset(chain, nb, p)
+    langs = p.data.train_langs
+    rows = subset(data.test_rows, langs, p.eval.max_items_per_lang, p.seed)
     methods = getattr(p.experiments, "ablation_methods", None) or [p.experiments.ablation_method]
     for method in methods:
         for _b, (label, q) in ablations.batch_size_runs(p, method).items():
             tr = chain.train(label, q, data)
-            nb.runs += [tr, chain.evaluate(chain.adapter_label(tr), q, rows)]
+            nb.runs += [tr, chain.evaluate(chain.adapter_label(tr), q, rows, langs)]
     for method in methods:
         label, q = ablations.english_run(p, method)
         tr = chain.train(label, q, data)
-        nb.runs += [tr, chain.evaluate(chain.adapter_label(tr), q, rows)]
+        nb.runs += [tr, chain.evaluate(chain.adapter_label(tr), q, rows, langs)]
     p_al, runs = ablations.machine_translated_runs(p)
-    mt_data = chain.data(p_al)
+    mt_data = _dataset(chain, nb, p_al)
     nb.datasets.append(
         f"machine-translated training data for {p_al.data.mt_langs} ({p_al.data.translator})"
     )
-    mt_rows = eval_subset(
-        mt_data.test_rows, ["en", *p_al.data.mt_langs], p.eval.max_items_per_lang, p.seed
-    )
-    nb.runs.append(chain.evaluate(baseline_mt(p.model.name), p, mt_rows, note="baseline"))
+    mt_langs = ["en", *p_al.data.mt_langs]
+    mt_rows = subset(mt_data.test_rows, mt_langs, p.eval.max_items_per_lang, p.seed)
+    nb.runs.append(chain.evaluate(baseline_mt(p.model.name), p, mt_rows, mt_langs, note="baseline"))
     for _batching, (label, q) in runs.items():
         tr = chain.train(label, q, mt_data)
-        nb.runs += [tr, chain.evaluate(chain.adapter_label(tr), q, mt_rows)]
+        nb.runs += [tr, chain.evaluate(chain.adapter_label(tr), q, mt_rows, mt_langs)]
 
 
 def _nb06(chain: _Chain, nb: NotebookPlan) -> None:
-    from xlalign.experiments.generalization import _method, aligned_arm_profile, benchmark_tasks
-    from xlalign.experiments.steps import eval_subset
-    from xlalign.results import baseline, block, unseen
+    from xlalign.evaluation import benchmarks
+    from xlalign.experiments import generalization as g
+    from xlalign.experiments.batch_alignment import arm_profiles
+    from xlalign.results import baseline, unseen
 
     p = chain.profile
-    data = chain.data(p)
-    nb.datasets.append(_corpus(p))
-    label, q = aligned_arm_profile(p)
+    data = _dataset(chain, nb, p)
+    label, q = g.aligned_arm_profile(p)
     tr = chain.train(label, q, data)
     nb.runs.append(tr)
-    rows = eval_subset(
-        data.test_rows, ["en", *p.data.unseen_langs], p.eval.max_items_per_lang, p.seed
+    langs = ["en", *p.data.unseen_langs]
+    rows = subset(data.test_rows, langs, p.eval.max_items_per_lang, p.seed)
+    nb.runs.append(
+        chain.evaluate(baseline(p.model.name), p, rows, langs, note=p.eval.mode + ", baseline")
     )
-    nb.runs.append(chain.evaluate(baseline(p.model.name), p, rows, note=p.eval.mode + ", baseline"))
-    nb.runs.append(chain.evaluate(unseen(_method(p)), q, rows))
-    tasks, include, limit = benchmark_tasks(p)
-    nb.benchmarks += tasks
-    if include:
-        nb.notes.append(f"benchmarks: the local stand-in tasks in {include}")
-    for name in ("baseline", block(_method(p), "aligned")):
+    nb.runs.append(chain.evaluate(unseen(g._method(p)), q, rows, langs))
+    # Tables 2-4: lm-eval on the base model and on notebook 03's default and ours per method.
+    registry = g.benchmark_registry(p)
+    tasks = [t for cells in registry.values() for ts in cells.values() for t in ts]
+    nb.benchmarks += [
+        f"{b} ({', '.join(cells)})" + (" [local stand-in]" if benchmarks.is_stand_in(b) else "")
+        for b, cells in registry.items()
+    ]
+    limit = p.experiments.benchmark_limit or None
+    arms = arm_profiles(p)
+    for block, method, batching in g.benchmark_arms(p):
+        if method is not None:
+            label, q = arms[method, batching]
+            nb.runs.append(chain.train(label, q, data))
         nb.runs.append(
             ModelRun(
                 "benchmark",
-                f"lm-eval/{name}",
+                f"lm-eval/{block}",
                 p.model.name,
-                items=limit,
-                note=f"{len(tasks)} tasks, {'all items' if limit is None else f'{limit} per task'}",
+                items=None if limit is None else limit * len(tasks),
+                note=f"{len(tasks)} lm-eval tasks, "
+                + ("all items" if limit is None else f"{limit} per task"),
                 profile=p,
             )
         )

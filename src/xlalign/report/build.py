@@ -123,6 +123,29 @@ def _figure_cell(path: Path, alt: str, run: Run) -> str:
     return f"![{alt}]({_rel(path, run.path)})" if path.exists() else "_not produced in this run_"
 
 
+def wall_time_lines(rec: dict) -> list[str]:
+    """Each step's wall time; beside each notebook's, the estimate ``make reproduce`` printed before
+    it started (``run.json`` ``estimate``) and actual / estimate."""
+    est = (rec.get("estimate") or {}).get("notebooks_s") or {}
+    th = (rec.get("estimate") or {}).get("throughput") or {}
+    lines = ["## Wall time per step", ""]
+    if est:
+        lines += [
+            f"Estimated before the chain started from a measurement of {th.get('model')} "
+            f"({th.get('dtype')}, {th.get('device')}, {th.get('host')}) times the counted work "
+            "(`xlalign.estimate`).",
+            "",
+        ]
+    lines += ["| step | wall time (s) | estimate (s) | actual / estimate |", "|---|---|---|---|"]
+    for step, info in rec.get("steps", {}).items():
+        if "wall_time_s" not in info:
+            continue
+        guess = est.get(step.removeprefix("notebook/")) if step.startswith("notebook/") else None
+        ratio = f"{info['wall_time_s'] / guess:.2f}" if guess else ""
+        lines.append(f"| {step} | {info['wall_time_s']} | {guess if guess else ''} | {ratio} |")
+    return lines
+
+
 def build_report(run: Run) -> Path:
     """Write ``runs/<id>/report.md``, with the figures of ``<run>/figures/`` only."""
     rec = run.record
@@ -136,14 +159,8 @@ def build_report(run: Run) -> Path:
         "(see its README for the discrepancies found there). They are never mixed: every table and "
         "figure says which is which.",
         "",
-        "## Wall time per step",
-        "",
-        "| step | wall time (s) |",
-        "|---|---|",
     ]
-    for step, info in rec.get("steps", {}).items():
-        if "wall_time_s" in info:
-            lines.append(f"| {step} | {info['wall_time_s']} |")
+    lines += wall_time_lines(rec)
     lines += ["", "## Figures: the paper's (left) and ours (right)", ""]
     figure_dir = run_figure_dir(run)
     for _key, stem, title, _ in FIGURES:
