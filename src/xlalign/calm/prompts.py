@@ -142,10 +142,11 @@ def template(lang: str) -> LangTemplate:
 
 
 def build_prompt(item, lang: str | None = None) -> str:
-    """The CoT prompt of one MCQ item in its language (unrendered: no chat template yet).
+    """The CoT prompt of one item in its language (unrendered: no chat template yet).
 
     ``item`` is anything with ``question``, ``options`` and ``context`` (None for X-CSQA/MedQA, the
-    passage for the shipped corpus, which makes it Belebele-style reading comprehension).
+    passage for the shipped corpus, which makes it Belebele-style reading comprehension); an item
+    without options (MGSM's ``MathItem``) gets the numeric template of ``MATH_TEMPLATES``.
     """
     lang = lang or item.lang
     t = template(lang)
