@@ -38,16 +38,14 @@ def aligned_arm_profile(profile: Profile) -> tuple[str, Profile]:
 
 
 def benchmark_tasks(profile: Profile) -> tuple[list[str], str | None, int | None]:
-    """What ``out_of_domain`` runs: (lm-eval task names, include path or None, per-task limit)."""
+    """What ``out_of_domain_study`` runs on each model: (lm-eval task names of
+    :func:`benchmark_registry`, include path for the local stand-ins or None, per-task limit)."""
     from xlalign.evaluation import benchmarks
 
-    if profile.experiments.benchmarks:
-        tasks, include = list(profile.experiments.benchmarks), None
-    else:
-        tasks = benchmarks.paper_task_names(
-            list(benchmarks.LOCAL_TASKS), ["en", "es"], registry=benchmarks.LOCAL_TASKS
-        )
-        include = str(benchmarks.LOCAL_TASKS_DIR)
+    registry = benchmark_registry(profile)
+    tasks = [t for cells in registry.values() for ts in cells.values() for t in ts]
+    stand_in = any(benchmarks.is_stand_in(b) for b in registry)
+    include = str(benchmarks.LOCAL_TASKS_DIR) if stand_in else None
     return tasks, include, profile.experiments.benchmark_limit or None
 
 
@@ -55,13 +53,13 @@ def notebook03_arm(profile: Profile, run: Run, method: str, batching: str) -> Tr
     """Notebook 03's ``method``/``batching`` adapter: read from the run, or trained now (the same
     configuration and label as notebook 03's, so notebook 03 then reuses it) when this notebook
     runs on its own."""
+    from xlalign.experiments.batch_alignment import arm_profiles
     from xlalign.models import load_tokenizer
 
-    label = results.arm(method, batching)
+    label, p = arm_profiles(profile)[method, batching]  # KeyError: not a method notebook 03 runs
     done = run.path / "train" / label / "train_result.json"
     if done.exists():
         return TrainResult.from_dict(json.loads(done.read_text()))
-    p = derive(profile, train={"method": method, "batching": batching})
     print(
         f"[xlalign] {label} (notebook 03's {batching} arm) is not in {run.path}: training it now, "
         f"{p.train.max_steps if p.train.max_steps > 0 else 'all'} steps of batch {p.train.batch_size}"
@@ -167,9 +165,8 @@ def out_of_domain_study(profile: Profile, run: Run) -> dict:
     from xlalign.evaluation import benchmarks
 
     registry = benchmark_registry(profile)
-    tasks = [t for cells in registry.values() for ts in cells.values() for t in ts]
-    stand_in = any(benchmarks.is_stand_in(b) for b in registry)
-    include = str(benchmarks.LOCAL_TASKS_DIR) if stand_in else None
+    tasks, include, _ = benchmark_tasks(profile)
+    stand_in = include is not None
     name = profile.model.name
     frames, cells, items = [], [], {}
     for block, method, batching in benchmark_arms(profile):
