@@ -158,6 +158,9 @@ class TrainSection:
     share_prompt: bool = (
         True  # encode a pair's prompt once for both completions (same values, less compute)
     )
+    reuse_frozen: bool = (
+        False  # frozen lower layers' states computed once per prompt (training.frozen_cache)
+    )
 
     def validate(self, section: str) -> None:
         _check_fields(self, section)
