@@ -539,3 +539,32 @@ def test_paper_columns_name_metrics_and_filters_the_tasks_report():
             metrics = [m["metric"] for m in cfg["metric_list"]]
             filters = [f["name"] for f in cfg.get("filter_list", [])] or ["none"]
             assert metric in metrics and filt in filters, (column, lang, metrics, filters)
+
+
+def test_benchmark_results_are_cached_per_model_and_task_list(monkeypatch, tmp_path):
+    from xlalign.config import derive, load_profile
+    from xlalign.evaluation import benchmarks as bm
+    from xlalign.evaluation import predictions
+    from xlalign.experiments import generalization
+    from xlalign.runs import start_run
+
+    calls = []
+
+    def fake_run(model, tok, tasks, limit=None, include_path=None, seed=0):
+        calls.append((tuple(tasks), limit))
+        raw = {"results": {}, "samples": {t: [] for t in tasks}}
+        return {"rows": [], "raw": raw}
+
+    monkeypatch.setattr(bm, "run_benchmarks", fake_run)
+    monkeypatch.setattr(predictions, "load_eval_model", lambda profile, adapter: (object(), None))
+    profile = load_profile("smoke")
+    run = start_run(profile, tmp_path / "run")
+    tasks = ["xl_local_mc_en"]
+    first = generalization._benchmark_results(profile, run, "baseline-x", None, tasks, None)
+    again = generalization._benchmark_results(profile, run, "baseline-x", None, tasks, None)
+    assert first == again and len(calls) == 1
+    assert (run.path / "eval" / "baseline-x" / "benchmarks.json").exists()
+    other = derive(profile, experiments={"benchmark_limit": 3})
+    generalization._benchmark_results(other, run, "baseline-x", None, tasks, None)
+    assert calls == [(("xl_local_mc_en",), 2), (("xl_local_mc_en",), 3)]
+    assert "benchmarks/baseline-x" in run.record["steps"]
