@@ -12,7 +12,7 @@ STAMP := $(VENV)/.xlalign-installed
 # default index would otherwise serve a CUDA torch wheel.
 PIP_EXTRA ?=
 
-.PHONY: venv reproduce test test-fast lab lint format lock clean-cache help gallery
+.PHONY: venv reproduce test test-fast lab lint format lock clean-cache help gallery gpu-smoke
 
 help:
 	@echo "make reproduce [PROFILE=cpu|smoke|paper] [RUN_ID=...]  run every notebook with papermill"
@@ -20,6 +20,7 @@ help:
 	@echo "make test-fast                                      the suite without the slow tests (notebooks, Gemma, processes)"
 	@echo "make lab                                            JupyterLab on the project kernel, in notebooks/"
 	@echo "make gallery RUN_ID=<id>                           copy runs/<id>/figures/ours_* to figures/, redraw paper_*"
+	@echo "make gpu-smoke                                      first run on a GPU machine: launched QLoRA training, tokens/s vs stock TRL"
 	@echo "make lint | format | lock"
 
 $(STAMP): pyproject.toml requirements/lock-cpu.txt
@@ -48,6 +49,14 @@ lab: venv
 gallery: venv
 	@test -n "$(RUN_ID)" || { echo "usage: make gallery RUN_ID=<id> (a run directory under runs/)" >&2; exit 2; }
 	$(BIN)/python -m xlalign.report.build --gallery runs/$(RUN_ID)
+
+# The first thing to run on a GPU machine (CUDA torch installed): one training run of the gpu-smoke
+# profile through accelerate launch (2 processes where there are two GPUs, else 1), then tokens/s of ours
+# against stock TRL and peak GPU memory, in one process, written to runs/gpu-smoke-bench.json.
+gpu-smoke: venv
+	$(BIN)/python -m xlalign train --profile gpu-smoke $(ARGS)
+	$(BIN)/python scripts/bench_training.py --profile gpu-smoke --methods orpo --steps 6 --stock-trl \
+		--skip-orpo-forward --json runs/gpu-smoke-bench.json
 
 lint: venv
 	$(BIN)/ruff check src tests notebooks scripts

@@ -8,6 +8,9 @@ Examples:
         --methods orpo --steps 10 --json /tmp/bench_training.json
     # tiny-random model (seconds; checks that the script runs, the numbers mean nothing):
     PYTHONPATH=src python scripts/bench_training.py --profile smoke --steps 2 --orpo-reps 1
+    # one GPU, before the paper profile (`make gpu-smoke` runs this after a launched training):
+    python scripts/bench_training.py --profile gpu-smoke --methods orpo --steps 6 --stock-trl \
+        --skip-orpo-forward
 
 For each method (DPO, ORPO) it trains aligned and uncoupled for N steps on the same data, each from a
 fresh copy of the model, and prints the step time (steps 2..N; step 1 carries the warm-up) and tokens/s
@@ -21,13 +24,18 @@ fresh copy of the model, and prints the step time (steps 2..N; step 1 carries th
   (``train.share_prompt``), with their ratios.
 
 The training runs use the profile's ``train.share_prompt``; pass ``train.share_prompt=false`` to time
-TRL's concatenated forward instead.
+TRL's concatenated forward instead. ``--stock-trl`` also trains TRL's own trainer (``DPOTrainer`` /
+``ORPOTrainer``, its default shuffled sampler, the same model, LoRA, rows and arguments) for the same
+steps in the same process, so our tokens/s stand next to stock TRL's. Every run reports its peak memory:
+``torch.cuda.max_memory_allocated`` on a GPU (reset per run), the process's peak RSS on a CPU. The
+benchmark trains in one process (``num_processes=1``), whatever the profile's launch says.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import statistics
 import tempfile
@@ -40,7 +48,7 @@ from transformers import TrainerCallback
 from xlalign.config import derive, load_profile
 from xlalign.models import load_model, load_tokenizer, lora_config
 from xlalign.probe.dataset import build_probe_data
-from xlalign.training.run import train_preference, trainer_config
+from xlalign.training.run import _load_policy, _training_args, train_preference, trainer_config
 from xlalign.training.sampling import GroupedBatchSampler, read_batch_logs
 from xlalign.training.trainers import AlignedORPOTrainer
 
@@ -99,10 +107,39 @@ def select_groups(rows: list[dict], n: int) -> list[dict]:
     return [r for r in rows if r["sample_id"] in keep_set]
 
 
+def reset_peak_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory() -> dict:
+    """GPU: the peak allocated since the last reset. CPU: the process's peak RSS (never reset)."""
+    if torch.cuda.is_available():
+        return {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30}
+    return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def memory_text(r: dict) -> str:
+    if "peak_gpu_gib" in r:
+        return f"peak GPU memory {r['peak_gpu_gib']:.2f} GiB"
+    return f"peak RSS {r['peak_rss_gib']:.2f} GiB"
+
+
+def step_summary(times: list[float], tokens: list[int]) -> dict:
+    steady = slice(1, None) if len(times) > 1 else slice(None)
+    return {
+        "step_times_s": [round(t, 3) for t in times],
+        "step_s": statistics.mean(times[steady]),
+        "tokens_per_step": statistics.mean(tokens[steady]),
+        "tokens_per_s": sum(tokens[steady]) / sum(times[steady]),
+    }
+
+
 def train_once(profile, rows, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    model, tokenizer = load_model(profile)
+    model, tokenizer = load_model(profile) if profile.model.quantization == "none" else (None, None)
     timer = StepTimer()
+    reset_peak_memory()
     with PlanTimer() as plans:
         t0 = time.perf_counter()
         result = train_preference(
@@ -113,17 +150,78 @@ def train_once(profile, rows, out: Path) -> dict:
     for entry in read_batch_logs(out):
         tokens_by_step[entry["step"]] = tokens_by_step.get(entry["step"], 0) + entry["tokens"]
     tokens = [tokens_by_step.get(i, 0) for i in range(len(timer.times))]
-    steady = slice(1, None) if len(timer.times) > 1 else slice(None)
-    step_s = statistics.mean(timer.times[steady])
     return {
         "steps": result.steps,
-        "step_times_s": [round(t, 3) for t in timer.times],
-        "step_s": step_s,
-        "tokens_per_step": statistics.mean(tokens[steady]),
-        "tokens_per_s": sum(tokens[steady]) / sum(timer.times[steady]),
+        **step_summary(timer.times, tokens),
         "plan_calls": plans.calls,
         "plan_s": plans.seconds,
         "wall_s": wall,
+        **peak_memory(),
+    }
+
+
+class TokenCounter(TrainerCallback):
+    """Non-padding tokens of every micro-batch a stock trainer trains on, summed per optimizer step."""
+
+    def __init__(self):
+        self.per_step: list[int] = []
+        self._pending = 0
+
+    def add(self, n: int) -> None:
+        self._pending += n
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.per_step.append(self._pending)
+        self._pending = 0
+
+
+def stock_trl_once(profile, rows, out: Path) -> dict:
+    """TRL's own trainer on the same model, LoRA, rows and arguments (its default sampler)."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    from xlalign.training.trainers import GroupedTrainingMixin
+
+    shutil.rmtree(out, ignore_errors=True)
+    method = profile.train.method
+    ours_only = ("batching", "include_english")
+    args = {k: v for k, v in _training_args(profile, out).items() if k not in ours_only}
+    if method == "dpo":
+        config = DPOConfig(
+            **args, beta=profile.train.beta, loss_type=["sigmoid"], precompute_ref_log_probs=False
+        )
+        base = DPOTrainer
+    else:
+        config = ORPOConfig(**args, beta=profile.train.beta)
+        base = ORPOTrainer
+    counter, timer = TokenCounter(), StepTimer()
+
+    class Counting(base):
+        def compute_loss(self, model, inputs, *a, **kw):  # counts, then TRL's own loss
+            if model.training:
+                counter.add(GroupedTrainingMixin._count_tokens(inputs))
+            return super().compute_loss(model, inputs, *a, **kw)
+
+    keep = ("prompt", "chosen", "rejected")
+    model, tokenizer = _load_policy(profile)
+    reset_peak_memory()
+    trainer = Counting(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list([{k: r[k] for k in keep} for r in rows]),
+        processing_class=tokenizer,
+        peft_config=lora_config(profile, model),
+        callbacks=[timer, counter],
+    )
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    return {
+        "steps": trainer.state.global_step,
+        **step_summary(timer.times, counter.per_step),
+        "wall_s": wall,
+        **peak_memory(),
     }
 
 
@@ -210,6 +308,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--orpo-reps", type=int, default=2, help="timed repeats per ORPO variant")
     parser.add_argument("--skip-orpo-forward", action="store_true")
+    parser.add_argument(
+        "--stock-trl", action="store_true", help="also train TRL's own trainer, same steps and rows"
+    )
     parser.add_argument("--out", default=None, help="run directory (default: a temporary one)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("overrides", nargs="*", help="profile overrides, section.key=value")
@@ -217,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     profile = load_profile(args.profile, overrides=args.overrides)
     profile = with_train(profile, max_steps=args.steps, save_steps=0, logging_steps=1)
+    profile = derive(profile, num_processes=1)  # one process: callbacks time the steps
     out = Path(args.out or tempfile.mkdtemp(prefix="xl-bench-"))
     tokenizer = load_tokenizer(profile)
     rows = select_groups(build_probe_data(profile, tokenizer).train_pref, args.groups)
@@ -224,7 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"profile={profile.name} model={profile.model.name} dtype={profile.model.dtype} "
         f"batch_size={profile.train.batch_size} orpo_nll_scope={profile.train.orpo_nll_scope} "
         f"rows={len(rows)} groups={len({r['sample_id'] for r in rows})} steps={args.steps} "
-        f"threads={torch.get_num_threads()}",
+        f"threads={torch.get_num_threads()} device={'cuda' if torch.cuda.is_available() else 'cpu'}"
+        f" quantization={profile.model.quantization}",
         flush=True,
     )
 
@@ -237,7 +340,20 @@ def main(argv: list[str] | None = None) -> dict:
             print(
                 f"{method:4s} {batching:9s} step {r['step_s']:7.2f} s  "
                 f"{r['tokens_per_step']:7.0f} tok/step  {r['tokens_per_s']:7.1f} tok/s  "
-                f"(steps: {r['step_times_s']})",
+                f"{memory_text(r)}  (steps: {r['step_times_s']})",
+                flush=True,
+            )
+        if args.stock_trl:
+            p = with_train(profile, method=method)
+            runs["stock_trl"] = r = stock_trl_once(p, rows, out / f"{method}-stock")
+            runs["ratio_tokens_per_s_vs_stock"] = (
+                runs["aligned"]["tokens_per_s"] / r["tokens_per_s"]
+            )
+            print(
+                f"{method:4s} stock TRL step {r['step_s']:7.2f} s  "
+                f"{r['tokens_per_step']:7.0f} tok/step  {r['tokens_per_s']:7.1f} tok/s  "
+                f"{memory_text(r)}  (steps: {r['step_times_s']}); aligned/stock tokens/s "
+                f"x{runs['ratio_tokens_per_s_vs_stock']:.3f}",
                 flush=True,
             )
         a, u = runs["aligned"], runs["uncoupled"]
@@ -250,12 +366,11 @@ def main(argv: list[str] | None = None) -> dict:
         )
         results["train"][method] = runs
 
-    step_times = [
-        r["step_s"] for m in results["train"].values() for k, r in m.items() if "ratio" not in k
-    ]
+    ours = ("aligned", "uncoupled")
+    step_times = [r["step_s"] for m in results["train"].values() for k, r in m.items() if k in ours]
     if step_times:
         plan_s = sampler_cost(rows, profile)
-        runs = [r for m in results["train"].values() for k, r in m.items() if "ratio" not in k]
+        runs = [r for m in results["train"].values() for k, r in m.items() if k in ours]
         in_training = sum(r["plan_s"] for r in runs) / sum(r["wall_s"] for r in runs)
         results["sampler"] = {
             "epoch_plan_and_iterate_s": plan_s,
