@@ -240,3 +240,30 @@ def test_two_cpu_processes_through_the_library(tiny_profile, tiny_model_dir, tmp
         )
     finally:
         run.finish("ok")
+
+
+def test_the_command_line_trains_through_the_launch(monkeypatch, tiny_model_dir, tmp_path, capsys):
+    """``python -m xlalign train`` on a multi-process profile hands the training to the launch."""
+    from xlalign import cli
+
+    calls = []
+
+    def fake_launch(profile, method, dataset, output_dir, resume):
+        calls.append((profile.accelerate_config, method, len(dataset), output_dir, resume))
+        return TrainResult(
+            output_dir, output_dir / "adapter", 0, 0.0, 0, 0.0, output_dir / "t.jsonl", [], {},
+            batch=launch.profile_global_batch(profile),
+        )  # fmt: skip
+
+    monkeypatch.setattr(launch, "train_launched", fake_launch)
+    monkeypatch.setenv("XLALIGN_CACHE", str(tiny_model_dir.parent.parent))
+    rc = cli.main(
+        ["train", "--profile", "smoke", "--run-dir", str(tmp_path / "run"), "--label", "x"]
+        + [f"accelerate_config={CPU_2PROC}", "train.grad_accum=2"]
+    )
+    assert rc == 0
+    ((config, method, rows, out, resume),) = calls
+    assert (config, method, out, resume) == (CPU_2PROC, "orpo", tmp_path / "run/train/x", True)
+    assert rows > 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["batch"] == {"per_device": 3, "processes": 2, "grad_accum": 2, "global": 12}
