@@ -9,6 +9,9 @@ Used by tests/test_training.py to show that groups stay whole across processes:
 
 Every process writes ``<out_dir>/batches.rank{r}.jsonl``; rank 0 also writes train_log.jsonl and
 train_result.json. The model cache is ``$XLALIGN_CACHE`` (or the default cache directory).
+
+This script is launched by hand; the library launches itself for profiles that ask for several
+processes (``xlalign.training.launch``, tested in tests/test_launch.py).
 """
 
 from __future__ import annotations
