@@ -1,0 +1,151 @@
+"""The up-front estimate: the cost model on hand-worked cases, the measurement on the tiny model, the
+pipeline's record and the report's column."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from xlalign.config import derive
+from xlalign.estimate import (
+    KERNEL_START_S,
+    TRAIN_SETUP_S,
+    Throughput,
+    about,
+    cached_throughput,
+    chain_lines,
+    estimate_plan,
+    measure,
+    notebook_seconds,
+    run_seconds,
+)
+from xlalign.plan import ModelRun, NotebookPlan, plan_chain
+
+
+def _th(**kw) -> Throughput:
+    base = dict(
+        model="m",
+        dtype="float32",
+        device="cpu",
+        load_s=2.0,
+        forward_s_per_token=0.001,
+        train_s_per_token=0.003,
+        decode_s_per_step=0.05,
+        decode_batch=8,
+        startup_s=5.0,
+        tokenize_s_per_row=0.0,
+        tokens_per_lang={"en": 100.0, "ar": 300.0},
+        answer_tokens=5.0,
+    )
+    return Throughput(**(base | kw))
+
+
+def test_an_evaluation_costs_a_load_and_its_prompt_tokens(tiny_profile):
+    rows = [{"lang": "en"}] * 3 + [{"lang": "ar"}] * 2  # 3 x 100 + 2 x 300 = 900 tokens
+    run = ModelRun("eval", "x", "m", items=5, profile=tiny_profile, rows=rows)
+    assert run_seconds(run, _th()) == pytest.approx(2.0 + 900 * 0.001)
+    gen = derive(tiny_profile, eval={"mode": "generation", "batch_size": 2, "max_new_tokens": 10})
+    run = ModelRun("eval", "x", "m", items=5, profile=gen, rows=rows)
+    # + 3 batches x 10 decoding steps
+    assert run_seconds(run, _th()) == pytest.approx(2.0 + 0.9 + 3 * 10 * 0.05)
+
+
+def test_training_counts_steps_times_tokens_and_dpo_adds_the_reference(tiny_profile):
+    pairs = [{"lang": "en"}, {"lang": "ar"}]  # 200 prompt tokens a pair on average
+    orpo = derive(tiny_profile, train={"method": "orpo", "batch_size": 3, "share_prompt": True})
+    run = ModelRun("train", "t", "m", steps=4, profile=orpo, pairs=pairs)
+    per_pair = 200 + 2 * 5  # one prompt encoding, two answers
+    want = 2.0 + TRAIN_SETUP_S + 4 * 3 * per_pair * 0.003
+    assert run_seconds(run, _th()) == pytest.approx(want)
+    unshared = derive(orpo, train={"share_prompt": False})
+    run = ModelRun("train", "t", "m", steps=4, profile=unshared, pairs=pairs)
+    assert run_seconds(run, _th()) == pytest.approx(
+        2.0 + TRAIN_SETUP_S + 4 * 3 * 2 * (200 + 5) * 0.003
+    )
+    dpo = derive(orpo, train={"method": "dpo"})
+    run = ModelRun("train", "t", "m", steps=4, profile=dpo, pairs=pairs)
+    assert run_seconds(run, _th()) == pytest.approx(want + 4 * 3 * per_pair * 0.001)
+
+
+def test_a_reused_run_costs_nothing_and_a_notebook_adds_its_kernel(tiny_profile):
+    rows = [{"lang": "en"}]
+    fresh = ModelRun("eval", "a", "m", profile=tiny_profile, rows=rows)
+    reused = ModelRun("eval", "a", "m", profile=tiny_profile, rows=rows, reuses="a")
+    assert run_seconds(reused, _th()) == 0.0
+    nb = NotebookPlan("03_x", runs=[fresh, reused])
+    assert notebook_seconds(nb, _th()) == pytest.approx(5.0 + KERNEL_START_S + 2.0 + 0.1)
+
+
+def test_faster_measurements_give_proportionally_shorter_estimates(tiny_profile):
+    plans = plan_chain(tiny_profile)
+    slow = estimate_plan(plans, _th())
+    fast = estimate_plan(
+        plans,
+        _th(forward_s_per_token=0.0005, train_s_per_token=0.0015, decode_s_per_step=0.025),
+    )
+    assert set(slow) == {nb.notebook for nb in plans}
+    trained = "03_batch_alignment"
+    assert fast[trained] < slow[trained]
+    assert all(fast[k] <= slow[k] for k in slow)
+
+
+def test_the_lines_it_prints():
+    assert about("notebook 03's arms", 150) == (
+        "computing notebook 03's arms, about 2 min on this machine"
+    )
+    lines = chain_lines({"00_a": 30.0, "01_b": 600.0}, done={"00_a": 28.0})
+    assert lines[0].strip().startswith("00_a") and "done earlier" in lines[0]
+    assert "about 10 min" in lines[1]
+    assert lines[-1].strip().startswith("total") and "about 10 min" in lines[-1]
+
+
+def test_measure_on_the_tiny_model_is_positive_and_cached(tiny_profile):
+    th = measure(tiny_profile, fresh=True, startup=False)
+    for key in ("forward_s_per_token", "train_s_per_token", "decode_s_per_step", "load_s"):
+        value = getattr(th, key)
+        assert math.isfinite(value) and value > 0, key
+    assert set(th.tokens_per_lang) == set(
+        tiny_profile.data.train_langs + tiny_profile.data.unseen_langs
+    )
+    again = cached_throughput(tiny_profile)
+    assert again is not None and again.measured_at == th.measured_at
+    assert measure(tiny_profile).measured_at == th.measured_at  # read back, not measured again
+
+
+def test_the_pipeline_records_the_estimate_and_the_report_shows_it(tiny_profile, tmp_path, capsys):
+    from xlalign.pipeline import up_front_estimate
+    from xlalign.report.build import wall_time_lines
+    from xlalign.runs import start_run
+
+    run = start_run(tiny_profile, tmp_path / "run")
+    try:
+        run.step("notebook/00_quickstart", status="ok", wall_time_s=12.0)
+        rec = up_front_estimate(tiny_profile, run)
+        out = capsys.readouterr().out
+        assert rec is not None and "expected wall time" in out
+        assert "00_quickstart" in out and "done earlier" in out and "total" in out
+        assert run.record["estimate"]["notebooks_s"] == rec["notebooks_s"]
+        guess = rec["notebooks_s"]["00_quickstart"]
+        table = "\n".join(wall_time_lines(run.record))
+        assert f"| notebook/00_quickstart | 12.0 | {guess} | {12.0 / guess:.2f} |" in table
+    finally:
+        run.finish("ok")
+
+
+def test_a_failed_measurement_never_stops_the_chain(tiny_profile, tmp_path, monkeypatch, capsys):
+    import xlalign.estimate as estimate
+    from xlalign.pipeline import up_front_estimate
+    from xlalign.runs import start_run
+
+    def broken(*a, **k):
+        raise RuntimeError("no model here")
+
+    monkeypatch.setattr(estimate, "measure", broken)
+    run = start_run(tiny_profile, tmp_path / "run")
+    try:
+        assert up_front_estimate(tiny_profile, run) is None
+        assert "no up-front estimate (RuntimeError: no model here)" in capsys.readouterr().out
+        assert "estimate" not in run.record
+    finally:
+        run.finish("ok")
