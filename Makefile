@@ -12,10 +12,11 @@ STAMP := $(VENV)/.xlalign-installed
 # default index would otherwise serve a CUDA torch wheel.
 PIP_EXTRA ?=
 
-.PHONY: venv reproduce test test-fast lab lint format lock clean-cache help gallery gpu-smoke
+.PHONY: venv reproduce plan test test-fast lab lint format lock clean-cache help gallery gpu-smoke
 
 help:
 	@echo "make reproduce [PROFILE=cpu|smoke|paper] [RUN_ID=...]  run every notebook with papermill"
+	@echo "make plan [PROFILE=...]                             what reproduce would run, per notebook (a dry run)"
 	@echo "make test                                           run the test suite (smoke profile)"
 	@echo "make test-fast                                      the suite without the slow tests (notebooks, Gemma, processes)"
 	@echo "make lab                                            JupyterLab on the project kernel, in notebooks/"
@@ -34,6 +35,10 @@ venv: $(STAMP)
 
 reproduce: venv
 	$(BIN)/python -m xlalign reproduce --profile $(PROFILE) $(if $(RUN_ID),--run-id $(RUN_ID)) $(ARGS)
+
+# What reproduce would run, per notebook (datasets, benchmarks, launches, model runs); loads no model.
+plan: venv
+	$(BIN)/python -m xlalign reproduce --profile $(PROFILE) --dry-run $(ARGS)
 
 test: venv
 	$(BIN)/python -m pytest $(ARGS)
