@@ -98,8 +98,11 @@ def build_pairs(
     for p, n in plan:
         if p.lang != n.lang and explanations[p.key] and p.key not in wanted[(p.lang, n.lang)]:
             wanted[(p.lang, n.lang)].append(p.key)
+    from tqdm.auto import tqdm
+
     translated: dict[tuple, str | Exception] = {}
-    for (src, tgt), keys in wanted.items():
+    bar = tqdm(wanted.items(), desc="translate explanations", disable=len(wanted) < 2)
+    for (src, tgt), keys in bar:
         outs = _translate_isolated(translator, [explanations[k] for k in keys], src, tgt)
         translated.update({(k, tgt): o for k, o in zip(keys, outs, strict=True)})
     failures = [
