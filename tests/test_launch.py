@@ -267,3 +267,22 @@ def test_the_command_line_trains_through_the_launch(monkeypatch, tiny_model_dir,
     assert rows > 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["batch"] == {"per_device": 3, "processes": 2, "grad_accum": 2, "global": 12}
+
+
+def test_checkpointed_training_runs_the_concatenated_forward(tiny_model_dir, tmp_path, caplog):
+    """The paper and gpu-smoke profiles checkpoint activations, which keeps no KV cache to share:
+    a shared-prompt DPO step there used to stop with "returned no expandable KV cache"."""
+    from xlalign.training.run import trainer_config
+
+    profile = derive(
+        load_profile("smoke"),
+        train={"method": "dpo", "max_steps": 1, "gradient_checkpointing": True, "max_length": 256},
+    )
+    assert profile.train.share_prompt
+    assert not trainer_config(profile, tmp_path / "cfg").share_prompt
+    assert "gradient checkpointing keeps no KV cache" in caplog.text
+    res = train_preference(profile, _pref_rows(), tmp_path / "run")
+    assert res.steps == 1 and res.batch["global"] == 3
+    assert trainer_config(
+        derive(profile, train={"gradient_checkpointing": False}), tmp_path
+    ).share_prompt

@@ -199,6 +199,19 @@ def _training_args(profile: Profile, out: Path) -> dict:
     )
 
 
+def _share_prompt(t) -> bool:
+    """``train.share_prompt``, except under gradient checkpointing, which keeps no KV cache in training
+    (transformers turns ``use_cache`` off), so the prompt's cache cannot be reused: TRL's concatenated
+    forward runs instead. It gives the same values (tests/test_shared_prompt.py); only speed differs."""
+    if t.share_prompt and t.gradient_checkpointing:
+        log.warning(
+            "train.share_prompt is off for this run: gradient checkpointing keeps no KV cache to "
+            "share; TRL's concatenated forward runs (same values, more compute)"
+        )
+        return False
+    return t.share_prompt
+
+
 def trainer_config(profile: Profile, out: Path, method: str | None = None):
     """The TRL config subclass for ``method`` (default ``profile.train.method``), filled from the profile."""
     from xlalign.training.trainers import AlignedDPOConfig, AlignedORPOConfig, AlignedSFTConfig
@@ -206,17 +219,18 @@ def trainer_config(profile: Profile, out: Path, method: str | None = None):
     method = method or profile.train.method
     args = _training_args(profile, out)
     t = profile.train
+    share = _share_prompt(t)
     if method == "dpo":
         return AlignedDPOConfig(
             **args,
             beta=t.beta,
             loss_type=["sigmoid"],
             precompute_ref_log_probs=False,
-            share_prompt=t.share_prompt,
+            share_prompt=share,
         )
     if method == "orpo":
         return AlignedORPOConfig(
-            **args, beta=t.beta, nll_scope=t.orpo_nll_scope, share_prompt=t.share_prompt
+            **args, beta=t.beta, nll_scope=t.orpo_nll_scope, share_prompt=share
         )
     if method == "sft":
         return AlignedSFTConfig(**args, completion_only_loss=True)
