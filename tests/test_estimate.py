@@ -63,6 +63,9 @@ def test_training_counts_steps_times_tokens_and_dpo_adds_the_reference(tiny_prof
     assert run_seconds(run, _th()) == pytest.approx(
         2.0 + TRAIN_SETUP_S + 4 * 3 * 2 * (200 + 5) * 0.003
     )
+    # TRL tokenizes every pair's prompt, chosen and rejected once, before the first step.
+    run = ModelRun("train", "t", "m", steps=4, profile=orpo, pairs=pairs)
+    assert run_seconds(run, _th(tokenize_s_per_row=0.01)) == pytest.approx(want + 3 * 2 * 0.01)
     dpo = derive(orpo, train={"method": "dpo"})
     run = ModelRun("train", "t", "m", steps=4, profile=dpo, pairs=pairs)
     assert run_seconds(run, _th()) == pytest.approx(want + 4 * 3 * per_pair * 0.001)

@@ -242,7 +242,9 @@ def run_seconds(run: ModelRun, th: Throughput) -> float:
             per_pair + 2 * th.answer_tokens if t.share_prompt else 2 * (per_pair + th.answer_tokens)
         )
         rows = (run.steps or 0) * t.batch_size * t.grad_accum
-        s = th.load_s + TRAIN_SETUP_S + rows * pair_tokens * th.train_s_per_token
+        # TRL tokenizes the whole training set (prompt, chosen, rejected) before the first step.
+        prep = 3 * len(run.pairs) * th.tokenize_s_per_row
+        s = th.load_s + TRAIN_SETUP_S + prep + rows * pair_tokens * th.train_s_per_token
         if t.method == "dpo":  # the reference model's forward (adapters disabled)
             s += rows * pair_tokens * th.forward_s_per_token
         return s
