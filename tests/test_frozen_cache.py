@@ -224,7 +224,14 @@ def test_reuse_does_not_apply_where_lower_layers_are_trained_or_dropped_out():
     model = lora_top(tiny_gemma3(), 2)
     model.base_model.model.model.layers[1].self_attn.q_proj.weight.requires_grad_(True)
     assert fc.safe_boundary(model) == 1
+    # A freshly loaded model's parameters require gradients: reuse applies where none are computed
+    # (scoring), not where they are (a reused state carries none).
     g = tiny_gemma3()
+    assert all(p.requires_grad for p in g.parameters())
+    assert fc.safe_boundary(g) == 0
+    with torch.no_grad():
+        assert fc.safe_boundary(g) == 6 and fc.attach(g, boundary=4) is not None
+    assert fc.attached(g) is None
     g.config.attention_dropout = 0.1
     g.train()
     assert fc.safe_boundary(g) == 0
@@ -356,3 +363,15 @@ def test_trainer_losses_metrics_and_gradients_equal_the_uncached_path(
             assert float(metrics[key]) == pytest.approx(float(value), abs=1e-5), key
         for name in grads:
             torch.testing.assert_close(grads[name], ref[2][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_attach_for_profile_follows_train_reuse_frozen_and_lora_top_layers(tiny_profile, tmp_path):
+    from xlalign.config import derive
+
+    model = tiny_gemma3()
+    on = derive(tiny_profile, train={"reuse_frozen": True}, lora={"top_layers": 2})
+    assert fc.attach_for_profile(model, derive(on, train={"reuse_frozen": False})) is None
+    assert fc.attach_for_profile(model, derive(on, lora={"top_layers": 0})) is None  # all adapted
+    store = fc.attach_for_profile(model, on, run_dir=tmp_path)
+    assert store is not None and store.boundary == 4
+    assert store.directory.parent == tmp_path / "cache" / "frozen"

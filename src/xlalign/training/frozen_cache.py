@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "xlalign-frozen-states-1"
 SUPPORTED = ("LlamaModel", "Gemma3TextModel")  # the decoders whose forward this was tested against
+# Config keys that do not change what a layer computes (trainers switch use_cache off, for one).
+VOLATILE_CONFIG = ("use_cache", "transformers_version", "output_attentions", "output_hidden_states")
 DEFAULT_MAX_BYTES = 4 * 2**30  # in-memory entries per process (our choice; oldest dropped beyond)
 
 
@@ -63,20 +65,24 @@ def _layer_index(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def safe_boundary(model) -> int:
+def safe_boundary(model, grad: bool | None = None) -> int:
     """How many leading decoder layers compute exactly what the base model's do, here and now.
 
     0 when the decoder is not one we support, or when the embedding is trainable or adapted; else the
-    index of the lowest layer that holds a trainable parameter, a PEFT tuner module or an active
-    dropout (the number of layers when there is none).
+    index of the lowest layer that holds a PEFT tuner module, an active dropout or -- where gradients
+    are computed (``grad``, default: ``torch.is_grad_enabled()``) -- a parameter that requires them
+    (a reused state carries no gradient). The number of layers when there is none. The weights below
+    the boundary are taken not to change while a store is attached: the trainers only attach when
+    they are frozen, and the optimizer updates only what requires gradients.
     """
     dec = decoder(model)
     if type(dec).__name__ not in SUPPORTED:
         return 0
+    grad = torch.is_grad_enabled() if grad is None else grad
     n = len(dec.layers)
     low = n
     for name, p in dec.named_parameters():
-        if p.requires_grad:
+        if grad and p.requires_grad:
             i = _layer_index(name)
             if i is None and not name.startswith(("norm.", "rotary_emb.")):
                 return 0  # the embedding (or something below layer 0) is trained
@@ -109,7 +115,11 @@ def fingerprint(model, boundary: int) -> str:
     head = {
         "format": FORMAT,
         "decoder": type(dec).__name__,
-        "config": json.loads(dec.config.to_json_string(use_diff=False)),
+        "config": {
+            k: v
+            for k, v in json.loads(dec.config.to_json_string(use_diff=False)).items()
+            if k not in VOLATILE_CONFIG
+        },
         "source": str(getattr(lm.config, "_name_or_path", "")),
         "revision": getattr(lm.config, "_commit_hash", None),
         "dtype": str(next(dec.parameters()).dtype),
@@ -439,14 +449,17 @@ class FrozenStates:
 _REGISTRY: dict[tuple, FrozenStates] = {}
 
 
-def attach(model, boundary: int | None = None, directory=None, max_bytes=DEFAULT_MAX_BYTES):
+def attach(
+    model, boundary: int | None = None, directory=None, max_bytes=DEFAULT_MAX_BYTES, grad=None
+):
     """Reuse frozen-layer states for ``model``; returns the ``FrozenStates`` or None where it cannot apply.
 
     ``boundary``: the number of frozen leading layers whose output to keep (default: as many as are
-    frozen now). Models with the same fingerprint share one store per process (and per
-    ``directory``), so a run's trainings and evaluations reuse each other's entries.
+    frozen now). ``grad``: whether the model will be used with gradients (default: whether they are
+    enabled now; see ``safe_boundary``). Models with the same fingerprint share one store per process
+    (and per ``directory``), so a run's trainings and evaluations reuse each other's entries.
     """
-    safe = safe_boundary(model)
+    safe = safe_boundary(model, grad)
     b = safe if boundary is None else boundary
     n_layers = len(decoder(model).layers) if safe else 0
     if b < 1 or b > safe or b >= max(n_layers, 1):
@@ -535,3 +548,25 @@ def prefill_reusing(model, rows, pad: int, device, feeds=(), owner=()):
             return model(inputs_embeds=embeds, **kw)
 
     return out, mask, forward
+
+
+def profile_boundary(model, profile) -> int:
+    """The frozen-layer count the profile's LoRA leaves: layers below ``n - lora.top_layers``
+    (0, i.e. no reuse, when LoRA adapts every layer)."""
+    top = getattr(profile.lora, "top_layers", 0) or 0
+    n = len(decoder(model).layers)
+    return max(0, n - top) if top else 0
+
+
+def attach_for_profile(model, profile, run_dir=None, grad: bool = False):
+    """``attach`` with the profile's boundary (``profile_boundary``), where ``train.reuse_frozen`` is on;
+    the states are kept in ``<run_dir>/cache/frozen`` when ``run_dir`` is given. Base and adapted models
+    of one run then share entries. ``grad``: False for evaluation (the default), True for training.
+    Returns the store or None."""
+    if not getattr(profile.train, "reuse_frozen", False):
+        return None
+    boundary = profile_boundary(model, profile)
+    if boundary < 1:
+        return None
+    directory = Path(run_dir) / "cache" / "frozen" if run_dir is not None else None
+    return attach(model, boundary=boundary, directory=directory, grad=grad)
