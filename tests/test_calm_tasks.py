@@ -200,6 +200,13 @@ def test_task_languages_are_checked_before_reading(tmp_path):
     p = _profile(["xcsqa"], ["en", "th"], ["en"], data_dir=str(tmp_path / "nothing"))
     with pytest.raises(LanguageNotAvailableError, match="xcsqa has no data for language"):
         load_task_items(p, "xcsqa", ["en", "th"])
+    from xlalign.calm.pipeline import run_calm
+
+    for tasks in (["xcsqa"], ["mgsm", "xcsqa"]):  # one task, and a later one of several
+        nowhere = replace(p, model=replace(p.model, name="no-such-model-anywhere"))
+        nowhere = replace(nowhere, calm=replace(p.calm, tasks=tasks, train_langs=["en", "th"]))
+        with pytest.raises(LanguageNotAvailableError, match="th"):  # before any model loads
+            run_calm(nowhere, tmp_path / "run")
     p = _profile(["xcsqa"], ["en", "fr"], ["en"])
     with pytest.raises(CorpusError, match=r"xcsqa/fr/dev\.jsonl: missing"):
         load_task_items(p, "xcsqa", ["en", "fr"])

@@ -179,15 +179,37 @@ def task_eval_langs(profile, task: str) -> list[str]:
     return list(c.eval_langs)
 
 
+def check_task_languages(profile, task: str, langs: Sequence[str]) -> None:
+    """LanguageNotAvailableError (naming the source and the languages) if ``task``'s source lacks
+    one of ``langs``; reads nothing, so a run of several tasks can check them all first."""
+    from xlalign.sources.common import check_languages
+
+    if task in ("xcsqa", "mgsm"):
+        check_languages(task, list(langs))
+    elif task == "medqa":  # translated into the other languages; its banks' natives only
+        check_languages("medqa", _medqa_natives(profile))
+
+
+def _medqa_natives(profile) -> list[str]:
+    # The banks whose native language CALM trains on (the paper: both, en and zh).
+    natives = [lang for lang in profile.calm.train_langs if lang in MEDQA_BANKS]
+    if not natives:
+        raise CalmItemError(
+            f"calm.tasks has medqa, whose banks are in {sorted(MEDQA_BANKS)}, but "
+            f"calm.train_langs={list(profile.calm.train_langs)} names neither"
+        )
+    return natives
+
+
 def load_task_items(profile, task: str, langs: Sequence[str]) -> TaskItems:
     """Read ``task``'s items in ``langs`` through the loaders of ``xlalign.sources.qa`` from
     ``calm.data_dir`` (corpus_mcq: the shipped corpus). Checks languages before reading, and every
     item's answer field after."""
     from xlalign.sources import qa
-    from xlalign.sources.common import check_languages
 
     langs = list(langs)
     root = Path(profile.calm.data_dir)
+    check_task_languages(profile, task, langs)
     if task == "corpus_mcq":
         items, split = load_calm_items(profile, langs)
         d = profile.data.corpus_dir
@@ -203,15 +225,8 @@ def load_task_items(profile, task: str, langs: Sequence[str]) -> TaskItems:
         origin = {lang: str(root / "mgsm" / f"mgsm_{lang}.tsv") for lang in langs}
         out = TaskItems(task, [i for v in by_lang.values() for i in v], None, origin)
     elif task == "medqa":
-        # The banks whose native language CALM trains on (the paper: both, en and zh); each bank's
-        # questions are then translated into the run's other languages (paper §2.1, B.3).
-        natives = [lang for lang in profile.calm.train_langs if lang in MEDQA_BANKS]
-        if not natives:
-            raise CalmItemError(
-                f"calm.tasks has medqa, whose banks are in {sorted(MEDQA_BANKS)}, but "
-                f"calm.train_langs={list(profile.calm.train_langs)} names neither"
-            )
-        check_languages("medqa", natives)
+        # Each bank's questions are translated into the run's other languages (paper §2.1, B.3).
+        natives = _medqa_natives(profile)
         split = profile.calm.medqa_split
         items, origin = [], {}
         for lang in natives:

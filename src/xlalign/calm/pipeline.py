@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from xlalign.calm.items import (
     check_items,
+    check_task_languages,
     group_items,
     load_calm_items,
     load_task_items,
@@ -98,7 +99,10 @@ def run_calm(
         return _run_task(profile, out, None, model, tokenizer, items, **common)
     if len(tasks) == 1:
         return _run_task(profile, out, tasks[0], model, tokenizer, None, **common)
-    # Read (and check) every task's items before the model loads: bad input fails in seconds.
+    # Every task's languages first (no file read), then every task's items, then the model: bad
+    # input fails in seconds, whichever task holds it.
+    for t in tasks:
+        check_task_languages(profile, t, _task_langs(profile, t))
     loaded = {t: _task_items(profile, t) for t in tasks}
     if model is None:
         from xlalign.models import load_model
@@ -112,9 +116,12 @@ def run_calm(
     return runs
 
 
+def _task_langs(profile: Profile, task: str) -> list[str]:
+    return list(dict.fromkeys(list(profile.calm.train_langs) + task_eval_langs(profile, task)))
+
+
 def _task_items(profile: Profile, task: str):
-    c = profile.calm
-    langs = list(dict.fromkeys(list(c.train_langs) + task_eval_langs(profile, task)))
+    langs = _task_langs(profile, task)
     return load_task_items(profile, task, langs), langs
 
 
