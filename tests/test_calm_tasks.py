@@ -396,8 +396,61 @@ def test_two_tasks_run_side_by_side(tiny_profile, tmp_path, tiny_model_and_token
     assert set(preds["label"]) <= {"18", "3", "700"}
     table = results_table(out, "tiny", langs, seed=0, n_resamples=20)
     columns = set(table["column"])
-    assert {"medqa_english", "medqa_french", "mgsm_english", "mgsm_ac3"} <= columns
+    assert {"medqa_english", "medqa_us_french", "mgsm_english", "mgsm_ac3"} <= columns
+    assert not any(c.startswith("medqa_cn_") for c in columns)  # the Mainland bank was not loaded
     mgsm_base = table[(table["block"] == "base") & (table["column"] == "mgsm_english")]
     assert mgsm_base["value"].item() == pytest.approx(
         res.evaluation["mgsm"]["base"]["accuracy"]["en"]
     )
+
+
+def test_medqa_table_per_bank_and_by_native_language(tmp_path):
+    """Table 9's per-bank columns and Table 1's native ones, on hand-made predictions."""
+    from xlalign.calm.variants import results_table
+
+    calm_dir = tmp_path / "calm"
+    (calm_dir / "medqa" / "predictions").mkdir(parents=True)
+    (calm_dir / "tasks.json").write_text(json.dumps({"tasks": ["medqa"]}))
+    (calm_dir / "medqa" / "metrics.json").write_text(
+        json.dumps({"eval_langs": ["en", "zh"], "evaluation": {"base": {}, "calm": {}}})
+    )
+    # Right answers per (question, language); gold is A everywhere, a wrong answer is B.
+    right = {
+        "base": {("us-1", "en"), ("cn-3", "zh"), ("cn-4", "zh"), ("cn-3", "en")},
+        "calm": {("us-1", "en"), ("us-2", "en"), ("cn-3", "zh"), ("us-1", "zh")},
+    }
+    bank = {"us": "medqa-us-0000", "cn": "medqa-mainland-0000"}
+    for name, ok in right.items():
+        rows = []
+        for q in ("us-1", "us-2", "cn-3", "cn-4"):
+            qid = bank[q[:2]] + q[-1]
+            for lang in ("en", "zh"):
+                pred = "A" if (q, lang) in ok else "B"
+                rows.append(
+                    {"item_id": f"{qid}.{lang}", "sample_id": qid, "lang": lang, "label": "A",
+                     "pred": pred, "correct": pred == "A", "raw": f"Answer: {pred}"}
+                )  # fmt: skip
+        path = calm_dir / "medqa" / "predictions" / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = results_table(calm_dir, "m", ["en"], seed=0, n_resamples=20)
+    cell = table.set_index(["block", "column"])
+    expected = {
+        # Table 9: each bank in each language
+        "medqa_us_english": (50.0, 100.0),
+        "medqa_us_chinese": (0.0, 50.0),
+        "medqa_cn_chinese": (100.0, 50.0),
+        "medqa_cn_english": (50.0, 0.0),
+        # Table 1: the US bank in English, the Mainland bank in Chinese, and their mean
+        "medqa_english": (50.0, 100.0),
+        "medqa_chinese": (100.0, 50.0),
+        "medqa_acc_avg": (75.0, 75.0),
+        # ours: both banks pooled
+        "medqa_all_english": (50.0, 50.0),
+    }
+    for column, (base, calm) in expected.items():
+        assert cell.loc[("base", column), "value"] == pytest.approx(base), column
+        assert cell.loc[("calm", column), "value"] == pytest.approx(calm), column
+    assert cell.loc[("calm", "medqa_acc_avg"), "delta"] == pytest.approx(0.0)
+    assert cell.loc[("calm", "medqa_english"), "delta"] == pytest.approx(50.0)
+    assert pd.isna(cell.loc[("base", "medqa_acc_avg"), "delta"])
+    assert not table.duplicated(["block", "column"]).any()

@@ -179,6 +179,7 @@ def results_table(
     langs: Sequence[str],
     seed: int = 0,
     n_resamples: int = 1000,
+    qid_prefix: str | None = None,
 ) -> pd.DataFrame:
     """CALM Tables 1 and 3 in the tidy schema, from ``calm_dir/predictions/<variant>.jsonl``.
 
@@ -187,6 +188,10 @@ def results_table(
     A run of several tasks (``calm/tasks.json``, one folder per task) gives every task's table,
     its columns prefixed by the task as in the paper's Table 1 (``xcsqa_english``, ``medqa_ac3``),
     each in the languages that task was evaluated in (its ``metrics.json``); ``langs`` is unused.
+    MedQA, whose banks are not translations of each other, is shown per bank as in Table 9
+    (``medqa_us_*``, ``medqa_cn_*``), by its native languages as in Table 1 (``medqa_english``:
+    the US bank in English, ``medqa_chinese``: the Mainland bank in Chinese, ``medqa_acc_avg``:
+    their mean), and pooled (``medqa_all_*``, ours). ``qid_prefix`` keeps only those questions.
     """
     import json
 
@@ -199,6 +204,9 @@ def results_table(
         for task in json.loads(tasks_file.read_text())["tasks"]:
             task_dir = Path(calm_dir) / task
             task_langs = json.loads((task_dir / "metrics.json").read_text())["eval_langs"]
+            if task == "medqa":
+                frames.append(_medqa_table(task_dir, model, task_langs, seed, n_resamples))
+                continue
             tidy = results_table(task_dir, model, task_langs, seed, n_resamples)
             frames.append(tidy.assign(column=task + "_" + tidy["column"]))
         return pd.concat(frames, ignore_index=True)
@@ -217,6 +225,8 @@ def results_table(
     frames, base = [], None
     for name in order:
         preds = read_predictions_frame(files[name], dtype={"sample_id": str, "label": str})
+        if qid_prefix is not None:
+            preds = preds[preds["sample_id"].str.startswith(qid_prefix)]
         tidy = calm_table(
             preds,
             "ours_calm_t01_03",
@@ -231,6 +241,35 @@ def results_table(
         base = tidy if name == "base" else base
         frames.append(tidy)
     return pd.concat(frames, ignore_index=True)
+
+
+# MedQA banks: question-id prefix, Table 9's column prefix, the bank's native language column.
+_MEDQA_BANK_COLUMNS = {
+    "medqa-us-": ("medqa_us_", "english"),
+    "medqa-mainland-": ("medqa_cn_", "chinese"),
+}
+
+
+def _medqa_table(task_dir: Path, model: str, langs, seed: int, n_resamples: int) -> pd.DataFrame:
+    pooled = results_table(task_dir, model, langs, seed, n_resamples)
+    frames = [pooled.assign(column="medqa_all_" + pooled["column"])]
+    natives = []
+    for prefix, (col_prefix, native) in _MEDQA_BANK_COLUMNS.items():
+        preds = pd.read_json(task_dir / "predictions" / "base.jsonl", lines=True, dtype=False)
+        if not preds["sample_id"].astype(str).str.startswith(prefix).any():
+            continue  # that bank was not loaded (its native language is not trained on)
+        bank = results_table(task_dir, model, langs, seed, n_resamples, qid_prefix=prefix)
+        frames.append(bank.assign(column=col_prefix + bank["column"]))
+        natives.append(bank[bank["column"] == native].assign(column="medqa_" + native))
+    if natives:
+        both = pd.concat(natives, ignore_index=True)
+        frames += natives
+        avg = both.groupby(["table", "block", "model"], sort=False, as_index=False)["value"].mean()
+        base = avg.loc[avg["block"] == "base", "value"]
+        avg["delta"] = avg["value"] - base.iloc[0] if len(base) else float("nan")
+        avg.loc[avg["block"] == "base", "delta"] = float("nan")
+        frames.append(avg.assign(column="medqa_acc_avg", ci_low=float("nan"), ci_high=float("nan")))
+    return pd.concat(frames, ignore_index=True)[pooled.columns]
 
 
 def _load_adapter(model, adapter_dir: str):
