@@ -277,11 +277,9 @@ def run_seconds(run: ModelRun, th: Throughput) -> float:
 
 def notebook_seconds(nb: NotebookPlan, th: Throughput) -> float:
     """A notebook's kernel start, its data steps and its runs."""
-    data = sum(1 for d in nb.datasets if d.startswith(("probe corpus", "machine-translated")))
-    n_rows = sum(len(r.rows) for r in nb.runs if r.kind == "eval" and not r.reuses)
     s = th.startup_s + KERNEL_START_S
-    # Each data step tokenizes the probe for its length checks (about a thousand prompts here).
-    s += data * max(n_rows, 1000) * th.tokenize_s_per_row
+    # Each data step tokenizes the probe rows it builds for its length checks.
+    s += nb.data_rows * th.tokenize_s_per_row
     return s + sum(run_seconds(r, th) for r in nb.runs)
 
 

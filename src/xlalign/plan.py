@@ -83,6 +83,7 @@ class NotebookPlan:
     benchmarks: list[str] = field(default_factory=list)
     runs: list[ModelRun] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    data_rows: int = 0  # probe rows its data steps build and tokenize (preference + test rows)
 
     @property
     def launches(self) -> list[str]:
@@ -286,6 +287,8 @@ def _dataset(chain: _Chain, nb: NotebookPlan, profile: Profile):
         nb.notes.append(
             f"probe data not readable here, items and steps not counted ({data.reason})"
         )
+    else:
+        nb.data_rows += len(data.train_pref) + len(data.test_rows)
     return data
 
 
