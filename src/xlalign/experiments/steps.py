@@ -67,25 +67,34 @@ def evaluate(
 
     out = run.sub("eval", label) / "predictions.jsonl"
     wanted = {r["item_id"] for r in rows}
+    extra: list[dict] = []
     if out.exists():
         done = read_predictions(out, repair=True)  # a torn tail is cut here, evaluate_probe resumes
         if done and wanted <= {r["item_id"] for r in done}:
             # An earlier step evaluated a superset of these items (e.g. more languages): reuse it.
             done = predictions_frame(done)
             return done[done["item_id"].isin(wanted)].reset_index(drop=True)
+        # Another notebook of a shared run evaluated other items under this label (notebook 03's
+        # training languages, then notebook 06's unseen ones): keep them in the file, add ours.
+        extra = [
+            {"item_id": r["item_id"], "label": r["label"]}
+            for r in done
+            if r["item_id"] not in wanted
+        ]
     t0 = time.perf_counter()
     if model is None:
         model, tokenizer = load_eval_model(profile, adapter_dir)
     df = evaluate_probe(
         model,
         tokenizer,
-        rows,
+        [*rows, *extra],
         out,
         mode=profile.eval.mode,
         prompt_format=profile.model.prompt_format,
         batch_size=profile.eval.batch_size,
         max_new_tokens=profile.eval.max_new_tokens,
     )
+    df = df[df["item_id"].isin(wanted)].reset_index(drop=True)
     from xlalign.models import resolved_commit
 
     run.step(
