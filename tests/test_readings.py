@@ -333,3 +333,31 @@ def test_record_writes_the_readings_a_notebook_printed(tmp_path):
     assert json.loads(path.read_text(encoding="utf-8")) == {"difference": "aligned − uncoupled ..."}
     readings.record(tmp_path, "03_batch_alignment", difference="again")
     assert json.loads(path.read_text(encoding="utf-8")) == {"difference": "again"}
+
+
+def test_benchmark_tests_reading_names_each_comparison_and_counts_significant_rows():
+    from xlalign.report import readings
+
+    tests = pd.DataFrame(
+        [
+            {
+                "a": "baseline",
+                "b": "orpo-aligned",
+                "column": "mmmlu",
+                "delta": 2.0,
+                "pvalue": 0.004,
+            },
+            {
+                "a": "orpo-uncoupled",
+                "b": "orpo-aligned",
+                "column": "mmmlu",
+                "delta": -1.5,
+                "pvalue": 0.4,
+            },
+        ]
+    )
+    text = readings.benchmark_tests_reading(tests, alpha=0.01)
+    assert "orpo-aligned vs baseline, mmmlu +2.0 points" in text
+    assert "orpo-aligned vs orpo-uncoupled, mmmlu -1.5 points" in text or "−1.5" in text
+    assert "1 of 2 significant" in text
+    assert "nothing to test" in readings.benchmark_tests_reading(tests.iloc[:0])

@@ -383,6 +383,15 @@ def mcnemar_reading(mcnemar: pd.DataFrame, alpha: float = 0.01, what: str = "") 
     return f"{head}{'; '.join(parts)}; {sig} of {len(mcnemar)} significant at p < {alpha:g}."
 
 
+def benchmark_tests_reading(tests: pd.DataFrame, alpha: float = 0.01) -> str:
+    """Notebook 06's paired tests (``benchmarks.paired_tests`` rows): "orpo-aligned vs baseline,
+    mmmlu +1.0 points (p = 0.50)" per row, and how many are significant at ``alpha``."""
+    if tests.empty:
+        return "No benchmark column had items for both models; nothing to test."
+    named = tests.set_index(tests["b"] + " vs " + tests["a"] + ", " + tests["column"])
+    return mcnemar_reading(named, alpha, "out-of-domain, ours - reference")
+
+
 # --------------------------------------------------------------------------- data (notebook 01)
 
 
