@@ -25,7 +25,7 @@ from xlalign.config import (
     profile_from_dict,
 )
 
-PROFILES = ["cpu", "paper", "smoke"]
+PROFILES = ["cpu", "gpu-smoke", "paper", "smoke"]
 OVERLAYS = [f"batch_size_{b}" for b in range(1, 8)] + [
     "dpo",
     "machine_translated",
@@ -63,7 +63,7 @@ def test_the_expected_profiles_and_overlays_exist():
 
 def test_accelerate_configs_parse():
     paths = sorted((CONFIG_DIR / "accelerate").glob("*.yaml"))
-    assert [p.stem for p in paths] == ["cpu_2proc", "multi_gpu_4"]
+    assert [p.stem for p in paths] == ["cpu_2proc", "multi_gpu_2", "multi_gpu_4"]
     for path in paths:
         cfg = yaml.safe_load(path.read_text())
         assert cfg["num_processes"] >= 2
@@ -145,7 +145,7 @@ def test_round_trip_through_dict():
 
 def test_no_secrets_in_configs():
     paths = sorted(CONFIG_DIR.rglob("*.yaml"))
-    assert len(paths) == len(PROFILES) + len(OVERLAYS) + 2  # + the two accelerate configs
+    assert len(paths) == len(PROFILES) + len(OVERLAYS) + 3  # + the three accelerate configs
     for path in paths:
         text = Path(path).read_text().lower()
         assert "hf_" not in text and "token:" not in text, path
@@ -359,6 +359,8 @@ def test_calm_section_refuses_a_non_clustered_train_section():
 
 
 _OLD_ENGINE = {"grad_accum": 1, "logging_steps": 1, "optim": "adamw_torch", "share_prompt": True}
+# Added since (train.reuse_frozen, off on smoke and paper); CALM adapts every layer, so nothing to reuse.
+_OLD_ENGINE["reuse_frozen"] = False
 # What ``calm_train_profile`` produced before calm.train existed (git show c38d305:src/xlalign/calm/
 # variants.py copied 11 calm fields into profile.train): the train and lora sections, field by field.
 OLD_CALM_TRAIN = {
@@ -458,7 +460,7 @@ def test_validate_configs_checks_the_given_profile_and_overrides(capsys):
     assert main(["validate-configs", "--profile", "smoke", "train.batch_size=4"]) == 2
     assert "train.batch_size=4" in capsys.readouterr().err
     assert main(["validate-configs", "--profile", "smoke", "--overlay", "dpo"]) == 0
-    assert capsys.readouterr().out.startswith("ok: 3 profiles, 11 overlays")
+    assert capsys.readouterr().out.startswith("ok: 4 profiles, 11 overlays")
 
 
 def test_validate_configs_checks_every_overlay(tmp_path, monkeypatch, capsys):
