@@ -73,7 +73,11 @@ def cmd_train(args) -> None:
     profile = _profile(args)
     run = start_run(profile, args.run_dir, label="train", resume=bool(args.run_dir))
     args.run = run  # main() marks it ok or failed
-    model, tok = load_model(profile) if profile.model.quantization == "none" else (None, None)
+    from xlalign.training.launch import needs_launch
+
+    # A launched training loads the model in each rank; a quantized one is built by the trainer.
+    in_process = profile.model.quantization == "none" and not needs_launch(profile)
+    model, tok = load_model(profile) if in_process else (None, None)
     if tok is None:
         from xlalign.models import load_tokenizer
 
@@ -91,6 +95,7 @@ def cmd_train(args) -> None:
         tokenizer=tok,
         resume=True,
     )
+    run.step(f"train/{label}", steps=res.steps, batch=res.batch)
     print(json.dumps(res.to_dict()))
 
 
