@@ -121,7 +121,7 @@ class SelfTranslator(Translator):
             f"Keep the line starting with 'Answer:' unchanged.\n\n{t}\n\n{LANG_NAMES_EN[tgt]} translation:\n"
             for t in texts
         ]
-        outs = greedy_generate(self.model, self.tok, prompts, self.max_new_tokens)
+        outs = greedy_generate(self.model, self.tok, prompts, self.max_new_tokens, progress=False)
         result = []
         for o in outs:
             o = o.strip()

@@ -121,7 +121,9 @@ def predict(
     keys = [(q, lang) for q in questions for lang in langs]
     texts_in = [prompts[k] for k in keys]
     if decoding == "greedy":
-        texts = greedy_generate(model, tokenizer, texts_in, max_new_tokens, batch_size)
+        texts = greedy_generate(
+            model, tokenizer, texts_in, max_new_tokens, batch_size, progress=False
+        )
     elif decoding == "sample":
         outs = sample_shared_prefill(
             model, tokenizer, texts_in, 1, temperature=temperature, top_p=top_p,

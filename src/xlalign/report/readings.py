@@ -50,7 +50,8 @@ def _run_done(run_path: Path, r) -> bool:
     if r.kind == "probe":
         return (run_path / "tables" / f"{r.label}.csv").exists()
     if r.kind.startswith("calm"):
-        return (run_path / "calm" / "metrics.json").exists()
+        calm = run_path / "calm"  # one task: calm/metrics.json; several: calm/tasks.json
+        return (calm / "metrics.json").exists() or (calm / "tasks.json").exists()
     if r.kind == "benchmark":
         return (run_path / "tables" / "out_of_domain.csv").exists()
     return False
