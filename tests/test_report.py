@@ -296,3 +296,14 @@ def test_report_flags_an_evaluation_that_gives_one_answer_everywhere(tmp_path):
     assert "constant" in finding and "varied" not in finding
     assert "| constant | 20 | I don't know | 100% | 1.00 [1.00–1.00] |" in lines
     assert "| varied | 20 |" in lines
+
+
+def test_report_settings_mark_each_value_as_a_papers_or_ours():
+    from xlalign.config import load_profile
+    from xlalign.report.build import settings_lines
+
+    profile = load_profile("paper")
+    text = "\n".join(settings_lines({"config": profile.to_dict()}))
+    assert "## Settings" in text
+    assert "ours" in text and "paper" in text
+    assert settings_lines({}) == []
