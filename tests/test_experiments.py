@@ -128,3 +128,25 @@ def test_readings_are_built_from_the_tables():
         "orpo: consistency aligned 70.0% [50.0, 90.0] vs uncoupled 60.0% [50.0, 90.0] on 10 samples"
         " (at least one of them answers one way almost everywhere)"
     )
+
+
+def test_one_label_evaluated_on_other_items_later_keeps_both(
+    tmp_path, tiny_profile, tiny_model_and_tokenizer
+):
+    # Notebook 03 scores the baseline on the training languages, notebook 06 (same shared run, same
+    # label) on the unseen ones: the file grows, nothing is refused or lost, each call gets its rows.
+    from xlalign.evaluation.predictions import read_predictions
+
+    model, tok = tiny_model_and_tokenizer
+    run = start_run(tiny_profile, tmp_path / "run")
+    rows = build_probe_data(tiny_profile, tok).test_rows
+    first, second = rows[:2], rows[2:5]
+    a = experiments.evaluate(tiny_profile, run, "base", first, model=model, tokenizer=tok)
+    b = experiments.evaluate(tiny_profile, run, "base", second, model=model, tokenizer=tok)
+    assert list(a["item_id"]) == [r["item_id"] for r in first]
+    assert list(b["item_id"]) == [r["item_id"] for r in second]
+    stored = read_predictions(run.path / "eval" / "base" / "predictions.jsonl")
+    assert {r["item_id"] for r in stored} == {r["item_id"] for r in first + second}
+    again = experiments.evaluate(tiny_profile, run, "base", first, model=None, tokenizer=None)
+    # reused from the file, no model needed
+    assert again[["item_id", "pred"]].values.tolist() == a[["item_id", "pred"]].values.tolist()
