@@ -39,7 +39,7 @@ FORMAT = "xlalign-frozen-states-1"
 SUPPORTED = ("LlamaModel", "Gemma3TextModel")  # the decoders whose forward this was tested against
 # Config keys that do not change what a layer computes (trainers switch use_cache off, for one).
 VOLATILE_CONFIG = ("use_cache", "transformers_version", "output_attentions", "output_hidden_states")
-DEFAULT_MAX_BYTES = 4 * 2**30  # in-memory entries per process (our choice; oldest dropped beyond)
+DEFAULT_MAX_BYTES = 2 * 2**30  # in-memory entries per process (our choice; oldest dropped beyond)
 
 
 class FrozenCacheError(ValueError):
