@@ -72,8 +72,8 @@ def evaluate(
         done = read_predictions(out, repair=True)  # a torn tail is cut here, evaluate_probe resumes
         if done and wanted <= {r["item_id"] for r in done}:
             # An earlier step evaluated a superset of these items (e.g. more languages): reuse it.
-            done = predictions_frame(done)
-            return done[done["item_id"].isin(wanted)].reset_index(drop=True)
+            done = predictions_frame(done).set_index("item_id", drop=False)
+            return done.loc[[r["item_id"] for r in rows]].reset_index(drop=True)  # rows' order
         # Another notebook of a shared run evaluated other items under this label (notebook 03's
         # training languages, then notebook 06's unseen ones): keep them in the file, add ours.
         extra = [
