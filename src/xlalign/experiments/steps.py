@@ -84,6 +84,11 @@ def evaluate(
     t0 = time.perf_counter()
     if model is None:
         model, tokenizer = load_eval_model(profile, adapter_dir)
+    from xlalign.training.frozen_cache import attach_for_profile
+
+    # The test prompts' frozen-layer states, kept in the run: every model of the run scores the same
+    # prompts, so the base model's pass serves the adapters' (train.reuse_frozen; same values).
+    attach_for_profile(model, profile, run.path)
     df = evaluate_probe(
         model,
         tokenizer,

@@ -227,10 +227,15 @@ def trainer_config(profile: Profile, out: Path, method: str | None = None):
             loss_type=["sigmoid"],
             precompute_ref_log_probs=False,
             share_prompt=share,
+            reuse_frozen=t.reuse_frozen,  # in memory: a notebook's arms share the prompts' states
         )
     if method == "orpo":
         return AlignedORPOConfig(
-            **args, beta=t.beta, nll_scope=t.orpo_nll_scope, share_prompt=share
+            **args,
+            beta=t.beta,
+            nll_scope=t.orpo_nll_scope,
+            share_prompt=share,
+            reuse_frozen=t.reuse_frozen,
         )
     if method == "sft":
         return AlignedSFTConfig(**args, completion_only_loss=True)
