@@ -361,7 +361,7 @@ def _nb03(chain: _Chain, nb: NotebookPlan) -> None:
     p = chain.profile
     data = _dataset(chain, nb, p)
     langs = p.data.train_langs
-    rows = subset(data.test_rows, langs, p.eval.max_items_per_lang, p.seed)
+    rows = subset(data.test_rows, langs, p.eval.compare_items, p.seed)
     for _key, (label, q) in arm_profiles(p).items():
         tr = chain.train(label, q, data)
         nb.runs += [tr, chain.evaluate(chain.adapter_label(tr), q, rows, langs)]

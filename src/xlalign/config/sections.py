@@ -191,6 +191,13 @@ class EvalSection:
     n_bootstrap: int = 1000
     alpha: float = 0.01  # McNemar significance level (paper: p < 0.01)
     max_items_per_lang: int = 0  # 0: the whole test split
+    # Notebook 03's base / uncoupled / aligned comparison, the main result: its own, larger size
+    # (0: max_items_per_lang). Its items include max_items_per_lang's (the subsets are nested).
+    compare_items_per_lang: int = 0
+
+    @property
+    def compare_items(self) -> int:
+        return self.compare_items_per_lang or self.max_items_per_lang
 
     def __post_init__(self) -> None:
         _check_fields(self, "eval")
@@ -200,6 +207,12 @@ class EvalSection:
         if not 0.0 < self.alpha < 1.0:
             raise ConfigError(f"eval.alpha={self.alpha} must be in (0, 1)")
         _at_least(self.max_items_per_lang, 0, "eval.max_items_per_lang", " (0: the whole split)")
+        _at_least(
+            self.compare_items_per_lang,
+            0,
+            "eval.compare_items_per_lang",
+            " (0: as max_items_per_lang)",
+        )
 
 
 def calm_train_defaults() -> TrainSection:

@@ -158,11 +158,18 @@ def train(profile: Profile, run: Run, label: str, data: ProbeData) -> TrainResul
 
 
 def train_and_evaluate(
-    profile: Profile, run: Run, label: str, data: ProbeData, langs: list[str]
+    profile: Profile,
+    run: Run,
+    label: str,
+    data: ProbeData,
+    langs: list[str],
+    items_per_lang: int | None = None,
 ) -> TrainedArm:
-    """Train ``label`` (or reuse it) and evaluate its adapter on the held-out items of ``langs``."""
+    """Train ``label`` (or reuse it) and evaluate its adapter on the held-out items of ``langs``
+    (``items_per_lang`` label-balanced samples per language; default ``eval.max_items_per_lang``)."""
     info = train(profile, run, label, data)
-    rows = eval_subset(data.test_rows, langs, profile.eval.max_items_per_lang, profile.seed)
+    n = profile.eval.max_items_per_lang if items_per_lang is None else items_per_lang
+    rows = eval_subset(data.test_rows, langs, n, profile.seed)
     eval_label = adapter_label(info)
     preds = evaluate(profile, run, eval_label, rows, adapter_dir=info.adapter_dir)
     evaluation = Evaluation(eval_label, run.path / "eval" / eval_label / "predictions.jsonl", preds)
