@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="/tmp/search")
     parser.add_argument("--n-test", type=int, default=20, help="test samples per training language")
     parser.add_argument("--base-only", action="store_true")
+    parser.add_argument(
+        "--eval-only", action="store_true", help="score the checkpoints already saved; no training"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", help="profile overrides, section.key=value")
     args = parser.parse_args(argv)
@@ -112,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir = out / args.name
     t0 = time.perf_counter()
-    res = train_preference(profile, data.train_dataset(), run_dir, resume=True)
-    train_s = time.perf_counter() - t0
-    print(f"trained {res.steps} steps in {train_s / 60:.1f} min")
+    if not args.eval_only:
+        res = train_preference(profile, data.train_dataset(), run_dir, resume=True)
+        print(f"trained {res.steps} steps in {(time.perf_counter() - t0) / 60:.1f} min")
     per_step = profile.train.batch_size * profile.train.grad_accum
     ckpts = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     for ck in ckpts:
@@ -126,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
             "overrides": args.overrides,
             "step": step,
             "pairs": step * per_step,
-            "train_min_total": round(train_s / 60, 1),
             "minutes_at_step": minutes_at(ck),
             **summary(df, args.seed),
             "diff_vs_base": [round(x, 1) for x in diff],
