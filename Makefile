@@ -46,8 +46,9 @@ test: venv
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
+# Jupyter refuses to run as root without --allow-root (containers and CI machines often are root).
 lab: venv
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(ARGS)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(ARGS)
 
 # The tracked gallery (figures/, shown in the README) changes only here: one run's ours_* figures
 # and the paper_* figures redrawn from data/paper/. Runs write their figures into runs/<id>/figures/.
