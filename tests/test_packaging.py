@@ -55,6 +55,9 @@ def test_notebooks_are_committed_without_outputs():
         for cell in nb["cells"]:
             if cell["cell_type"] == "code":
                 assert not cell.get("outputs") and not cell.get("execution_count"), path.name
+            # nbformat 4.5 cells carry ids; a cell added by hand without one is a warning today
+            # and an error in future nbformat versions.
+            assert cell.get("id"), f"{path.name}: a cell has no id"
 
 
 def test_every_notebook_has_one_parameters_cell_without_computation():
