@@ -361,3 +361,12 @@ def test_benchmark_tests_reading_names_each_comparison_and_counts_significant_ro
     assert "orpo-aligned vs orpo-uncoupled, mmmlu -1.5 points" in text or "−1.5" in text
     assert "1 of 2 significant" in text
     assert "nothing to test" in readings.benchmark_tests_reading(tests.iloc[:0])
+
+
+def test_try_cost_names_a_change_the_profile_refuses_instead_of_failing():
+    from xlalign.config import load_profile
+    from xlalign.report import readings
+
+    profile = load_profile("cpu")  # batches of 7 need at least 7 training languages
+    text = readings.try_cost(profile, "03", ["data.train_langs=[en,ar,zh]"])
+    assert "not a valid change for this profile" in text and "training languages (3)" in text

@@ -686,8 +686,13 @@ def try_cost(profile, notebook: str, overrides: Sequence[str]) -> str:
     train.batch_size=4: 2 train, 3 eval runs, about 3 min on this machine"."""
     from xlalign.config import derive
 
-    changed = derive(profile, overrides=list(overrides))
+    from xlalign.config.values import ConfigError
+
     what = f"{notebook} with {', '.join(overrides) or 'no change'}"
+    try:
+        changed = derive(profile, overrides=list(overrides))
+    except ConfigError as err:  # a change this profile refuses: say why, the notebook goes on
+        return f"{what}: not a valid change for this profile ({err})"
     try:
         from xlalign.estimate import estimate_notebook, format_seconds
 
