@@ -685,7 +685,6 @@ def try_cost(profile, notebook: str, overrides: Sequence[str]) -> str:
     run alone, estimated on this machine (``xlalign.estimate``); e.g. "notebook 03 with
     train.batch_size=4: 2 train, 3 eval runs, about 3 min on this machine"."""
     from xlalign.config import derive
-
     from xlalign.config.values import ConfigError
 
     what = f"{notebook} with {', '.join(overrides) or 'no change'}"
