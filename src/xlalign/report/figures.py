@@ -124,20 +124,7 @@ def _grouped_bars(ax: Axes, df: pd.DataFrame, column: str, blocks: Sequence[str]
     part = _rows(df, column, blocks)
     order = list(dict.fromkeys(part["label"]))
     hue_order = [block_label(b) for b in blocks if b in set(part["block"])]
-    sns.barplot(
-        data=part,
-        x="label",
-        y="value",
-        hue="series",
-        order=order,
-        hue_order=hue_order,
-        palette=_palette(blocks),
-        errorbar=None,
-        ax=ax,
-    )
-    _bar_errorbars(ax, part, "label", order, hue_order)
-    ax.set_ylim(*ACCURACY_LIMITS)
-    ax.set_xlabel("")
+    _accuracy_bars(ax, part, "label", order, hue_order, blocks)
     ax.set_ylabel(f"{column_label(column)} accuracy (%)")
     _rotate_ticks(ax)
 
@@ -159,6 +146,24 @@ def _draw_errorbars(ax: Axes, xs, ys, cis) -> None:
     highs = np.array([c[1] for c in cis], dtype=float)
     yerr = np.vstack([np.clip(ys - lows, 0, None), np.clip(highs - ys, 0, None)])
     ax.errorbar(xs, ys, yerr=yerr, fmt="none", ecolor="black", elinewidth=1, capsize=3, zorder=3)
+
+
+def _accuracy_bars(ax: Axes, part: pd.DataFrame, x: str, order, hue_order, blocks) -> None:
+    """Bars of ``value`` per ``x`` and series, each with its 95% CI, on the 0-100 accuracy axis."""
+    sns.barplot(
+        data=part,
+        x=x,
+        y="value",
+        hue="series",
+        order=order,
+        hue_order=hue_order,
+        palette=_palette(blocks),
+        errorbar=None,
+        ax=ax,
+    )
+    _bar_errorbars(ax, part, x, order, hue_order)
+    ax.set_ylim(*ACCURACY_LIMITS)
+    ax.set_xlabel("")
 
 
 def _bar_errorbars(
@@ -487,20 +492,7 @@ def plot_calm_accuracy(
             )
             order = [column_label(c) for c in wanted if c in set(part["column"])]
             hue_order = [block_label(b) for b in blocks]
-            sns.barplot(
-                data=part,
-                x="language",
-                y="value",
-                hue="series",
-                order=order,
-                hue_order=hue_order,
-                palette=_palette(blocks),
-                errorbar=None,
-                ax=ax,
-            )
-            _bar_errorbars(ax, part, "language", order, hue_order)
-            ax.set_ylim(*ACCURACY_LIMITS)
-            ax.set_xlabel("")
+            _accuracy_bars(ax, part, "language", order, hue_order, blocks)
             ax.set_ylabel("accuracy (%)")
             ax.set_title(f"{(ds or '').upper()} {short_model(model)}".strip())
             drawn.append(ax)
@@ -532,20 +524,7 @@ def plot_accuracy_by_language(
     hue_order = [block_label(b) for b in blocks]
     fig, axes = _new_figure(width=max(6.5, 0.9 * len(order) + 2))
     ax = axes[0][0]
-    sns.barplot(
-        data=part,
-        x="label",
-        y="value",
-        hue="series",
-        order=order,
-        hue_order=hue_order,
-        palette=_palette(blocks),
-        errorbar=None,
-        ax=ax,
-    )
-    _bar_errorbars(ax, part, "label", order, hue_order)
-    ax.set_ylim(*ACCURACY_LIMITS)
-    ax.set_xlabel("")
+    _accuracy_bars(ax, part, "label", order, hue_order, blocks)
     ax.set_ylabel("accuracy (%), 95% CI")
     _rotate_ticks(ax)
     _single_legend(fig, [ax])
