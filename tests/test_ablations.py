@@ -95,12 +95,13 @@ def test_batch_size_and_english_anchor_run_each_method(recorded):
         assert p.train.batching == ("uncoupled" if "uncoupled" in label else "aligned")
     assert trained["ablation-bs2-orpo"].train.batch_size == 2
 
-    # Tables 12/13: one block per method; English and Rest (avg.) of the default, BS = 2..N aligned.
+    # Tables 12/13: one block per method; English and Rest (avg.) of the default, BS = 1..N aligned
+    # (BS = 1, English only, is our extra column: the paper's tables start at 2).
     table = bs["table"]
     assert set(table["block"]) == {"dpo", "orpo"}
     for method in ("dpo", "orpo"):
         cols = table.loc[table["block"] == method, "column"].tolist()
-        assert sorted(cols) == ["bs_2", "bs_3", "english", "rest_avg"]
+        assert sorted(cols) == ["bs_1", "bs_2", "bs_3", "english", "rest_avg"]
         detail = bs["detail"]
         rest = detail[(detail["block"] == f"{method}_bs_3") & (detail["column"] == "rest_avg")]
         cell = table[(table["block"] == method) & (table["column"] == "bs_3")]
@@ -114,6 +115,7 @@ def test_batch_size_and_english_anchor_run_each_method(recorded):
     # Fig. 6 draws one line per method.
     curve = figures.batch_size_curve(bs["figure_data"])
     assert set(curve["block"]) == {"dpo", "orpo"}
+    assert sorted(curve["batch_size"].unique()) == [1, 2, 3]
     figures.plot_batch_size(bs["figure_data"])
 
     recorded["train"].clear()
@@ -179,3 +181,4 @@ def test_batch_size_table_is_written_and_set_beside_tables_12_and_13(recorded, t
     assert set(wide.loc[["ours"], "block"]) == {"dpo", "orpo"}
     assert set(wide.loc[["paper"], "table"]) == {"ba_t12", "ba_t13"}
     assert (wide.loc[["ours"], "bs_3"] != "").all() and (wide.loc[["ours"], "bs_7"] == "").all()
+    assert (wide.loc[["ours"], "bs_1"] != "").all() and (wide.loc[["paper"], "bs_1"] == "").all()
