@@ -477,3 +477,15 @@ def test_validate_configs_checks_every_overlay(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(xlalign.cli, "CONFIG_DIR", configs)
     assert main(["validate-configs"]) == 2
     assert "train.grad_accum=0 must be >= 1" in capsys.readouterr().err
+
+
+def test_k_of_one_builds_single_document_prompts_and_zero_is_refused():
+    from xlalign.probe.dataset import build_probe_data
+
+    with pytest.raises(ConfigError, match=r"data.k=0 must be >= 1"):
+        load_profile("smoke", overrides=["data.k=0"])
+    data = build_probe_data(load_profile("smoke", overrides=["data.k=1"]))
+    for row in data.test_rows[:20]:
+        contexts = row["prompt"].split("CONTEXTS:")[1]
+        assert "[1]" in contexts and "[2]" not in contexts  # one document, whatever the label
+    assert {r["label"] for r in data.test_rows} == {"Yes, answer is present", "I don't know"}

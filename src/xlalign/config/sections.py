@@ -104,8 +104,9 @@ class DataSection:
         _check_fields(self, "data")
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"data.test_fraction={self.test_fraction} must be between 0 and 1")
-        if self.k < 2:
-            raise ConfigError(f"data.k={self.k} must be >= 2 (one relevant + irrelevant documents)")
+        if self.k < 1:
+            # k = 1: a positive holds only its relevant document, a negative one irrelevant document
+            raise ConfigError(f"data.k={self.k} must be >= 1 (documents per prompt)")
         _at_least(self.topics_per_domain, 0, "data.topics_per_domain", " (0: every topic)")
         _at_least(self.max_prompt_tokens, 1, "data.max_prompt_tokens")
         _translator(self.translator, "data.translator", ("fake", "identity"))
