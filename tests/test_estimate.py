@@ -10,6 +10,7 @@ import pytest
 from xlalign.config import derive
 from xlalign.estimate import (
     KERNEL_START_S,
+    REPORT_BUILD_S,
     TRAIN_SETUP_S,
     Throughput,
     about,
@@ -80,6 +81,24 @@ def test_a_reused_run_costs_nothing_and_a_notebook_adds_its_kernel(tiny_profile)
     assert notebook_seconds(nb, _th()) == pytest.approx(5.0 + KERNEL_START_S + 2.0 + 0.1)
 
 
+def test_calm_runs_use_the_measured_prompt_length_and_the_probe_its_own_pass(tiny_profile):
+    th = _th(calm_prompt_tokens=300.0, probe_s_per_token=0.004)
+    p = derive(tiny_profile, calm={"max_new_tokens": 20})
+    sft = ModelRun("calm-train", "s", "m", method="sft", batch_size=2, steps=3, profile=p)
+    assert run_seconds(sft, th) == pytest.approx(TRAIN_SETUP_S + 3 * 2 * 320 * 0.003)
+    dpo = ModelRun("calm-train", "d", "m", method="dpo", batch_size=2, steps=3, profile=p)
+    # chosen and rejected each with its prompt, trained and passed through the reference
+    assert run_seconds(dpo, th) == pytest.approx(TRAIN_SETUP_S + 3 * 2 * 2 * 320 * (0.003 + 0.001))
+    ev = ModelRun("calm-eval", "e", "m", items=4, batch_size=2, new_tokens=20, profile=p)
+    assert run_seconds(ev, th) == pytest.approx(4 * 300 * 0.001 + 2 * 20 * 0.05)
+    rows = [{"lang": "en"}] * 2
+    probe = ModelRun("probe", "k", "m", profile=tiny_profile, rows=rows)
+    assert run_seconds(probe, th) == pytest.approx(2.0 + 200 * 0.004)
+    assert run_seconds(probe, _th()) == pytest.approx(2.0 + 200 * 0.001)  # unmeasured: scoring's
+    report = NotebookPlan("07_report")
+    assert notebook_seconds(report, _th()) == pytest.approx(5.0 + KERNEL_START_S + REPORT_BUILD_S)
+
+
 def test_faster_measurements_give_proportionally_shorter_estimates(tiny_profile):
     plans = plan_chain(tiny_profile)
     slow = estimate_plan(plans, _th())
@@ -105,12 +124,15 @@ def test_the_lines_it_prints():
 
 def test_measure_on_the_tiny_model_is_positive_and_cached(tiny_profile):
     th = measure(tiny_profile, fresh=True, startup=False)
-    for key in ("forward_s_per_token", "train_s_per_token", "decode_s_per_step", "load_s"):
+    keys = ("forward_s_per_token", "train_s_per_token", "decode_s_per_step", "load_s")
+    for key in (*keys, "probe_s_per_token"):
         value = getattr(th, key)
         assert math.isfinite(value) and value > 0, key
     assert set(th.tokens_per_lang) == set(
         tiny_profile.data.train_langs + tiny_profile.data.unseen_langs
     )
+    assert th.calm_prompt_tokens > 20  # measured on the shipped CALM items, not the fallback constant
+    assert th.calm_prompt_tokens != 160
     again = cached_throughput(tiny_profile)
     assert again is not None and again.measured_at == th.measured_at
     assert measure(tiny_profile).measured_at == th.measured_at  # read back, not measured again
