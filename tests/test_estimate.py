@@ -131,7 +131,8 @@ def test_measure_on_the_tiny_model_is_positive_and_cached(tiny_profile):
     assert set(th.tokens_per_lang) == set(
         tiny_profile.data.train_langs + tiny_profile.data.unseen_langs
     )
-    assert th.calm_prompt_tokens > 20  # measured on the shipped CALM items, not the fallback constant
+    # measured on the shipped CALM items, not the fallback constant
+    assert th.calm_prompt_tokens > 20
     assert th.calm_prompt_tokens != 160
     again = cached_throughput(tiny_profile)
     assert again is not None and again.measured_at == th.measured_at

@@ -32,9 +32,11 @@ TRAIN_SETUP_S = 4.0  # TRL trainer construction, dataset mapping, adapter save
 BENCH_SETUP_S = 6.0  # lm-eval task building per benchmark run
 BENCH_TOKENS_PER_REQUEST = 96  # local stand-in tasks: a short context + one choice
 BENCH_REQUESTS_PER_ITEM = 4  # multiple choice: one log-likelihood request per option
-CALM_PROMPT_TOKENS = 160  # a CALM prompt's tokens where the task's items cannot be read (a hub task offline)
-REPORT_BUILD_S = 34.0  # notebook 07's build_report: tables and ~20 figures of ours, measured here (bf16 and fp32
-#                      alike: no model), the one fixed cost the counted work does not cover
+# A CALM prompt's tokens where the task's items cannot be read (a hub task offline).
+CALM_PROMPT_TOKENS = 160
+# Notebook 07's build_report: tables and ~20 figures of ours, measured here (no model, so bf16 and
+# fp32 alike); the one fixed cost the counted work does not cover.
+REPORT_BUILD_S = 34.0
 CACHE_MAX_AGE_S = 24 * 3600
 TOKEN_SAMPLE_PER_LANG = 8
 
@@ -55,7 +57,7 @@ class Throughput:
     tokenize_s_per_row: float  # tokenizing one probe prompt (the data steps' length checks)
     tokens_per_lang: dict[str, float] = field(default_factory=dict)  # mean rendered prompt tokens
     answer_tokens: float = 6.0
-    calm_prompt_tokens: float = CALM_PROMPT_TOKENS  # mean rendered CALM prompt of the profile's first task
+    calm_prompt_tokens: float = CALM_PROMPT_TOKENS  # mean CALM prompt of the first task, measured
     probe_s_per_token: float = 0.0  # the frozen-feature probe's pass (every layer's hidden states)
     measured_s: float = 0.0  # how long the measurement took
     measured_at: float = 0.0
@@ -317,9 +319,7 @@ def run_seconds(run: ModelRun, th: Throughput) -> float:
     if run.kind == "calm-eval":
         items = run.items or 0
         steps = math.ceil(items / max(1, run.batch_size or 1)) * (run.new_tokens or 0)
-        return (
-            items * th.calm_prompt_tokens * th.forward_s_per_token + steps * th.decode_s_per_step
-        )
+        return items * th.calm_prompt_tokens * th.forward_s_per_token + steps * th.decode_s_per_step
     if run.kind == "benchmark":
         requests = (run.items or 0) * BENCH_REQUESTS_PER_ITEM
         return (
