@@ -7,6 +7,7 @@ from sklearn.metrics import roc_auc_score
 
 from xlalign.evaluation.decisions import (
     POOLED,
+    _resampled_aurocs,
     agreement_with_english,
     answer_skew,
     auroc_by_language,
@@ -232,3 +233,23 @@ def test_threshold_boundary_and_one_constant_language():
     assert not skew.loc["ar", "constant"] and not skew.loc[POOLED, "constant"]
     assert not answer_skew(frame(rows), threshold=0.96).set_index("lang").loc["en", "constant"]
     assert "1/2 languages constant: en" in describe_skew(answer_skew(frame(rows)))
+
+
+@pytest.mark.parametrize("n, ties", [(6, True), (40, True), (280, False)])
+def test_bootstrap_auroc_equals_a_loop_of_sklearn_calls_on_the_same_draws(n, ties):
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(n)
+    y = np.arange(n) % 2 == 0
+    s = rng.integers(0, 4, size=n).astype(float) if ties else rng.normal(size=n) + y
+    want, seen = [], np.random.default_rng(3)
+    for _ in range(600):  # the documented draws: one rng.integers(0, n, size=n) per resample
+        idx = seen.integers(0, n, size=n)
+        if y[idx].all() or not y[idx].any():
+            continue  # one class: skipped, not replaced (n = 6 has some)
+        want.append(roc_auc_score(y[idx], s[idx]))
+    got = bootstrap_auroc(y, s, n_resamples=600, seed=3)
+    assert got.auroc == pytest.approx(roc_auc_score(y, s))
+    low, high = np.percentile(want, [2.5, 97.5])
+    assert (got.ci_low, got.ci_high) == pytest.approx((low, high), abs=1e-12)
+    assert _resampled_aurocs(y[None, :], s[None, :]) == pytest.approx([roc_auc_score(y, s)])

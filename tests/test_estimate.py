@@ -175,3 +175,24 @@ def test_a_failed_measurement_never_stops_the_chain(tiny_profile, tmp_path, monk
         assert "estimate" not in run.record
     finally:
         run.finish("ok")
+
+
+def test_prompts_scored_earlier_in_the_run_cost_only_the_adapted_layers(tiny_profile):
+    rows = [{"lang": "en", "prompt": f"p{i}"} for i in range(4)]  # 4 x 100 tokens
+    p = derive(tiny_profile, train={"reuse_frozen": True}, lora={"top_layers": 1})
+    th = _th(n_layers=4)
+    first = ModelRun("eval", "base", "m", profile=p, rows=rows)
+    again = ModelRun(
+        "eval", "adapter", "m", profile=p, rows=rows[:2] + [{"lang": "en", "prompt": "q"}]
+    )
+    scored: set = set()
+    assert run_seconds(first, th, scored) == pytest.approx(2.0 + 400 * 0.001)
+    # two prompts already scored: a quarter of their forward (1 of 4 layers), the new one in full
+    assert run_seconds(again, th, scored) == pytest.approx(2.0 + (0.25 * 200 + 100) * 0.001)
+    off = derive(p, train={"reuse_frozen": False})
+    rerun = ModelRun("eval", "x", "m", profile=off, rows=rows)
+    assert run_seconds(rerun, th, scored) == pytest.approx(2.0 + 400 * 0.001)
+    # a chain carries what was scored from one notebook to the next; a notebook alone does not
+    nb1, nb2 = NotebookPlan("02_x", runs=[first]), NotebookPlan("03_x", runs=[again])
+    chain = estimate_plan([nb1, nb2], th)
+    assert chain["03_x"] < round(notebook_seconds(nb2, th), 1)

@@ -57,6 +57,7 @@ class Throughput:
     tokenize_s_per_row: float  # tokenizing one probe prompt (the data steps' length checks)
     tokens_per_lang: dict[str, float] = field(default_factory=dict)  # mean rendered prompt tokens
     answer_tokens: float = 6.0
+    n_layers: int = 0  # the model's decoder layers (0: unknown, no frozen-state reuse counted)
     calm_prompt_tokens: float = CALM_PROMPT_TOKENS  # mean CALM prompt of the first task, measured
     probe_s_per_token: float = 0.0  # the frozen-feature probe's pass (every layer's hidden states)
     measured_s: float = 0.0  # how long the measurement took
@@ -81,13 +82,15 @@ NOTEBOOK_IMPORTS = "import xlalign.experiments, xlalign.report, xlalign.calm, pe
 
 
 def _import_seconds() -> float:
-    """What importing every notebook's modules costs a fresh kernel: timed here when this process
-    has not imported them yet (``make reproduce``), else in a fresh interpreter."""
-    t0 = time.perf_counter()
+    """What importing every notebook's modules costs a fresh kernel, timed in a fresh interpreter.
+
+    This process imports them first where it has not yet (``make reproduce``): the first import on a
+    fresh clone or after a reboot reads everything from a cold disk (24 s measured here against 6 s
+    warm), which each notebook's kernel, started later, no longer pays."""
     if "transformers" not in sys.modules:
         exec(NOTEBOOK_IMPORTS, {})  # noqa: S102 - a fixed import line
-    else:
-        subprocess.run([sys.executable, "-c", NOTEBOOK_IMPORTS], check=False, capture_output=True)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", NOTEBOOK_IMPORTS], check=False, capture_output=True)
     return time.perf_counter() - t0
 
 
@@ -197,6 +200,13 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
     import gc
 
     gc.collect()
+    # The first load may convert the GGUF once or read a cold disk (22 s measured on a fresh clone
+    # against 3-6 s later); every notebook's loads come after it, so the second load is the figure.
+    t0 = time.perf_counter()
+    model, _ = load_model(profile)
+    load_s = min(load_s, time.perf_counter() - t0)
+    del model
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the chain's notebooks need the memory
 
@@ -213,6 +223,7 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
         tokenize_s_per_row=tokenize_s,
         tokens_per_lang=tokens_per_lang,
         answer_tokens=float(statistics.mean(answers)),
+        n_layers=int(n_layers),
         calm_prompt_tokens=calm_tokens,
         probe_s_per_token=probe,
         measured_s=round(time.perf_counter() - t_all, 2),
@@ -271,11 +282,37 @@ def _tokens(rows: list[dict], th: Throughput) -> float:
     return sum(th.tokens_per_lang.get(r.get("lang"), default) for r in rows)
 
 
-def run_seconds(run: ModelRun, th: Throughput) -> float:
-    """Seconds for one planned run (0 when it reuses an earlier one)."""
+def _reused_share(p: Profile | None, th: Throughput) -> float:
+    """The share of a forward an already-scored prompt still costs with ``train.reuse_frozen``: the
+    adapted top layers only (1.0 where nothing is frozen or the layer count is unknown)."""
+    if p is None or not getattr(p.train, "reuse_frozen", False) or th.n_layers < 1:
+        return 1.0
+    top = p.lora.top_layers or 0
+    return top / th.n_layers if 0 < top < th.n_layers else 1.0
+
+
+def _row_key(row: dict) -> str:
+    return str(row.get("prompt", row.get("sample_id", id(row))))
+
+
+def run_seconds(run: ModelRun, th: Throughput, scored: set | None = None) -> float:
+    """Seconds for one planned run (0 when it reuses an earlier one). ``scored``: the prompts earlier
+    evaluations of the same run directory scored; with ``train.reuse_frozen`` their frozen-layer
+    states are kept, so scoring them again runs the adapted layers only. Updated in place."""
     if run.reuses:
         return 0.0
     p = run.profile
+    if run.kind == "eval" and scored is not None:
+        share = _reused_share(p, th)
+        again = [r for r in run.rows if _row_key(r) in scored]
+        new = [r for r in run.rows if _row_key(r) not in scored]
+        scored.update(_row_key(r) for r in new)
+        tokens = _tokens(new, th) + share * _tokens(again, th)
+        s = th.load_s + tokens * th.forward_s_per_token
+        if p is not None and p.eval.mode == "generation":
+            batches = math.ceil(len(run.rows) / max(1, p.eval.batch_size))
+            s += batches * p.eval.max_new_tokens * th.decode_s_per_step
+        return s
     if run.kind in ("eval", "probe"):
         per_token = th.forward_s_per_token
         if run.kind == "probe" and th.probe_s_per_token > 0:
@@ -328,18 +365,22 @@ def run_seconds(run: ModelRun, th: Throughput) -> float:
     return 0.0
 
 
-def notebook_seconds(nb: NotebookPlan, th: Throughput) -> float:
-    """A notebook's kernel start, its data steps and its runs."""
+def notebook_seconds(nb: NotebookPlan, th: Throughput, scored: set | None = None) -> float:
+    """A notebook's kernel start, its data steps and its runs. ``scored``: prompts scored earlier in
+    the run (``run_seconds``); a fresh set when None, as for a notebook run on its own."""
+    scored = set() if scored is None else scored
     s = th.startup_s + KERNEL_START_S
     # Each data step tokenizes the probe rows it builds for its length checks.
     s += nb.data_rows * th.tokenize_s_per_row
     if nb.notebook.startswith("07"):
         s += REPORT_BUILD_S
-    return s + sum(run_seconds(r, th) for r in nb.runs)
+    return s + sum(run_seconds(r, th, scored) for r in nb.runs)
 
 
 def estimate_plan(plans: list[NotebookPlan], th: Throughput) -> dict[str, float]:
-    return {nb.notebook: round(notebook_seconds(nb, th), 1) for nb in plans}
+    """Seconds per notebook of one chain: prompts scored by one notebook stay scored for the next."""
+    scored: set = set()
+    return {nb.notebook: round(notebook_seconds(nb, th, scored), 1) for nb in plans}
 
 
 def estimate_chain(
