@@ -274,20 +274,8 @@ def plot_machine_translated(
         part["series"] = part["block"].map(block_label)
         order = list(dict.fromkeys(part["language"]))
         hue_order = [block_label(b) for b in blocks]
-        sns.barplot(
-            data=part,
-            x="language",
-            y="value",
-            hue="series",
-            order=order,
-            hue_order=hue_order,
-            palette=_palette(blocks),
-            errorbar=None,
-            ax=axes[0, 1],
-        )
         # A CI only where a bar is one model's cell (a mean over models has none of its own).
-        _bar_errorbars(axes[0, 1], part, "language", order, hue_order)
-        axes[0, 1].set_ylim(*ACCURACY_LIMITS)
+        _accuracy_bars(axes[0, 1], part, "language", order, hue_order, blocks)
         axes[0, 1].set_xlabel("")
         axes[0, 1].set_ylabel("accuracy (%), mean over models")
         axes[0, 1].set_title("per language")
