@@ -267,6 +267,7 @@ REJECTED = [
     ("calm.train.beta=0", "calm.train.beta=0.0 must be > 0"),
     ("calm.train.grad_accum=0", "calm.train.grad_accum=0 must be >= 1"),
     ("calm.train.batching=aligned", "calm.train.batching='aligned' is not allowed"),
+    ("calm.train.balance_labels=true", "calm.train.balance_labels=true is not allowed"),
     ("calm.lora.dropout=1", "calm.lora.dropout=1.0 must be in [0.0, 1.0)"),
     # what the notebooks run
     ("experiments.batch_sizes=[1, 9]", "experiments.batch_sizes: 9 is not in 1..7"),

@@ -188,6 +188,61 @@ def test_english_anchor_without_english_rows_is_refused():
     assert GroupedBatchSampler(sids, langs, 2, include_english=False).plan()
 
 
+def labelled_rows(n_yes: int, n_idk: int, langs: list[str] = LANGS):
+    """(sample_ids, langs, labels): n_yes "Yes" groups then n_idk "IDK" groups, ordered by language."""
+    labels_of = {f"g{g:02d}": "Yes" if g < n_yes else "IDK" for g in range(n_yes + n_idk)}
+    sids, row_langs = grouped_rows(n_yes + n_idk, langs)
+    return sids, row_langs, [labels_of[s] for s in sids]
+
+
+def step_label_counts(plan, labels, unit):
+    steps = [plan[i : i + unit] for i in range(0, len(plan), unit)]
+    return [Counter(labels[i] for b in st for i in b) for st in steps]
+
+
+@pytest.mark.parametrize(("batching", "accum"), [("aligned", 2), ("aligned", 4), ("uncoupled", 2), ("uncoupled", 4)])
+def test_balanced_steps_hold_each_label_equally(batching, accum):
+    sids, langs, labels = labelled_rows(6, 10)  # unbalanced data: 6 Yes groups, 10 IDK groups
+    kw = dict(grad_accum=accum, labels=labels, balance_labels=True, seed=3)
+    for epoch in (0, 1):
+        plan = GroupedBatchSampler(sids, langs, 3, batching, **kw).plan(epoch)
+        counts = step_label_counts(plan, labels, accum)
+        assert counts and all(c["Yes"] == c["IDK"] for c in counts), counts
+        # Without balancing, the same data gives unbalanced steps.
+    plain = GroupedBatchSampler(sids, langs, 3, batching, grad_accum=accum, seed=3).plan(0)
+    assert any(c["Yes"] != c["IDK"] for c in step_label_counts(plain, labels, accum))
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_balanced_uncoupled_sees_the_balanced_aligned_examples(seed):
+    sids, langs, labels = labelled_rows(6, 10)
+    kw = dict(grad_accum=2, labels=labels, balance_labels=True, seed=seed)
+    aligned = GroupedBatchSampler(sids, langs, 3, "aligned", **kw).plan(1)
+    uncoupled = GroupedBatchSampler(sids, langs, 3, "uncoupled", **kw).plan(1)
+    assert Counter(i for b in uncoupled for i in b) == Counter(i for b in aligned for i in b)
+    # 6 of each label: the 4 IDK groups beyond the rarer label's count are dropped from the epoch.
+    assert len(aligned) == 12 and Counter(labels[b[0]] for b in aligned) == {"Yes": 6, "IDK": 6}
+    for batch in describe(aligned, sids, langs):
+        assert len({s for s, _ in batch}) == 1
+    assert any(len({sids[i] for i in b}) > 1 for b in uncoupled)
+    # The dropped groups change with the epoch's shuffle.
+    other = GroupedBatchSampler(sids, langs, 3, "aligned", **kw).plan(2)
+    assert {sids[b[0]] for b in other} != {sids[b[0]] for b in aligned}
+
+
+def test_balance_labels_refuses_mixed_groups_and_missing_labels():
+    sids, langs, labels = labelled_rows(3, 3)
+    labels[1] = "Yes" if labels[1] == "IDK" else "IDK"
+    with pytest.raises(AlignmentError, match=f"group '{sids[1]}' mixes labels"):
+        GroupedBatchSampler(sids, langs, 3, labels=labels, balance_labels=True)
+    with pytest.raises(AlignmentError, match="needs each row's label"):
+        GroupedBatchSampler(sids, langs, 3, balance_labels=True)
+    with pytest.raises(AlignmentError, match="needs two labels"):
+        GroupedBatchSampler(sids, langs, 3, labels=["Yes"] * len(sids), balance_labels=True)
+    with pytest.raises(ValueError, match="not clustered"):
+        GroupedBatchSampler(sids, langs, 3, "clustered", labels=labels, balance_labels=True)
+
+
 def test_unknown_batching_is_refused():
     with pytest.raises(ValueError, match="unknown batching"):
         GroupedBatchSampler(*grouped_rows(), 3, "shuffled")

@@ -141,6 +141,7 @@ class TrainSection:
     batching: Batching = "aligned"
     batch_size: int = 7  # languages per aligned batch (paper: 7)
     include_english: bool = True  # C.1 ablation when false
+    balance_labels: bool = False  # ours: equal Yes / IDK rows in every optimizer step
     learning_rate: float = 5e-6
     epochs: float = 3.0
     max_steps: int = -1  # >0 overrides epochs
@@ -290,6 +291,11 @@ class CalmSection:
             raise ConfigError(
                 f"calm.train.batching={self.train.batching!r} is not allowed; CALM trains on "
                 "clustered batches (calm.batching chooses shuffled or aligned pairs)"
+            )
+        if self.train.balance_labels:
+            raise ConfigError(
+                "calm.train.balance_labels=true is not allowed; CALM's pairs have no Yes / IDK label "
+                "to balance (it applies to the probe's train section)"
             )
         if self.sft_learning_rate <= 0:
             raise ConfigError(f"calm.sft_learning_rate={self.sft_learning_rate} must be > 0")

@@ -195,6 +195,7 @@ def _training_args(profile: Profile, out: Path) -> dict:
         save_only_model=False,
         batching=t.batching,
         include_english=t.include_english,
+        balance_labels=t.balance_labels,
         max_length=t.max_length,
     )
 

@@ -37,6 +37,12 @@ class GroupedBatchSampler(Sampler[int]):
     The plan depends only on (seed, epoch), so every process computes the same one; the trainer's data
     loader then hands whole batches to processes round-robin. Batches per epoch are trimmed to a multiple
     of ``num_replicas * grad_accum`` so that every optimizer step sees whole groups on every process.
+
+    ``balance_labels`` (ours, not the papers'): each optimizer step holds as many examples of one label
+    as of the other. Aligned steps alternate the groups' labels; the uncoupled plan shuffles the same
+    selected examples within each label and deals them out so that every step is balanced. Groups left
+    over once the rarer label runs out are dropped from the epoch, for both batchings alike, so the two
+    arms still see identical examples. It needs ``labels`` (one per row, equal within a group).
     """
 
     def __init__(
@@ -51,9 +57,16 @@ class GroupedBatchSampler(Sampler[int]):
         grad_accum: int = 1,
         anchor: str = "en",
         require_complete: bool = True,
+        labels: list[str] | None = None,
+        balance_labels: bool = False,
     ):
         if batching not in BATCHINGS:
             raise ValueError(f"unknown batching {batching!r}")
+        if balance_labels and batching == "clustered":
+            raise ValueError("balance_labels applies to aligned and uncoupled batching, not clustered")
+        if balance_labels and labels is None:
+            raise AlignmentError("balance_labels needs each row's label (a 'label' column)")
+        self.balance_labels = balance_labels
         self.batch_size, self.batching, self.seed = batch_size, batching, seed
         self.include_english, self.anchor = include_english, anchor
         self.unit = max(1, num_replicas) * max(1, grad_accum)
@@ -68,6 +81,21 @@ class GroupedBatchSampler(Sampler[int]):
             members[lang] = i
         if not groups:
             raise AlignmentError("the training set is empty")
+        self.group_label: dict[str, str] = {}
+        if balance_labels:
+            assert labels is not None
+            if len(labels) != len(sample_ids):
+                raise AlignmentError(f"{len(labels)} labels for {len(sample_ids)} rows")
+            for i, (sid, lab) in enumerate(zip(sample_ids, labels, strict=True)):
+                seen = self.group_label.setdefault(sid, lab)
+                if seen != lab:
+                    raise AlignmentError(
+                        f"group {sid!r} mixes labels {seen!r} and {lab!r} (row {i}); one query has one answer"
+                    )
+            if len(set(self.group_label.values())) < 2:
+                raise AlignmentError(
+                    f"balance_labels needs two labels; the data has only {sorted(set(labels))}"
+                )
         self.groups = dict(sorted(groups.items()))
         self.langs = sorted({lang for m in self.groups.values() for lang in m})
         if batching != "clustered" and require_complete:
@@ -123,11 +151,15 @@ class GroupedBatchSampler(Sampler[int]):
             batches = [flat[i : i + self.batch_size] for i in range(0, len(flat), self.batch_size)]
             batches = [b for b in batches if len(b) == self.batch_size]
         else:
+            if self.balance_labels:
+                order = self._alternate_labels(order)
             batches = [
                 [self.groups[sid][lang] for lang in self._choose_langs(self.groups[sid], rng)]
                 for sid in order
             ]
-            if self.batching == "uncoupled":
+            if self.batching == "uncoupled" and self.balance_labels:
+                batches = self._deal_balanced(batches, rng)
+            elif self.batching == "uncoupled":
                 flat = [i for b in batches for i in b]
                 flat = [flat[i] for i in rng.permutation(len(flat))]
                 batches = [
@@ -135,6 +167,35 @@ class GroupedBatchSampler(Sampler[int]):
                 ]
         keep = len(batches) - len(batches) % self.unit
         return batches[:keep]
+
+    def _alternate_labels(self, order: list[str]) -> list[str]:
+        """The groups in ``order`` re-dealt one of each label in turn (labels in sorted order), up to
+        where the rarer label runs out; each label keeps its shuffled order."""
+        by_label: dict[str, list[str]] = {}
+        for sid in order:
+            by_label.setdefault(self.group_label[sid], []).append(sid)
+        queues = [by_label[lab] for lab in sorted(by_label)]
+        n = min(len(q) for q in queues)
+        return [q[i] for i in range(n) for q in queues]
+
+    def _deal_balanced(self, batches: list[list[int]], rng: np.random.Generator) -> list[list[int]]:
+        """The examples of ``batches`` (an aligned, label-alternating plan) shuffled within each label
+        and dealt out in turn, then shuffled within each optimizer step and cut into micro-batches: every
+        step holds the same number of each label, and the batches mix groups and languages."""
+        row_label = {i: self.group_label[sid] for sid, m in self.groups.items() for i in m.values()}
+        flat = [i for b in batches for i in b]
+        by_label: dict[str, list[int]] = {}
+        for i in flat:
+            by_label.setdefault(row_label[i], []).append(i)
+        queues = [by_label[lab] for lab in sorted(by_label)]
+        queues = [[q[j] for j in rng.permutation(len(q))] for q in queues]
+        dealt = [q[j] for j in range(min(len(q) for q in queues)) for q in queues]
+        step = self.unit * self.batch_size
+        out: list[int] = []
+        for start in range(0, len(dealt), step):
+            chunk = dealt[start : start + step]
+            out += [chunk[j] for j in rng.permutation(len(chunk))]
+        return [out[i : i + self.batch_size] for i in range(0, len(out), self.batch_size)]
 
     def __iter__(self):
         for batch in self.plan():

@@ -54,6 +54,11 @@ class GroupedBatchingArguments:
         default=True, metadata={"help": "aligned batches always hold the English row (paper C.1)"}
     )
 
+    balance_labels: bool = field(
+        default=False,
+        metadata={"help": "every optimizer step holds as many rows of each label (ours, not the "
+                  "papers'; needs a 'label' column; see GroupedBatchSampler)"},
+    )  # fmt: skip
     reuse_frozen: bool = field(
         default=False,
         metadata={"help": "compute the frozen lower layers' states once per unique prompt and reuse "
@@ -199,6 +204,8 @@ class GroupedTrainingMixin:
             num_replicas=self.args.world_size,
             grad_accum=self.args.gradient_accumulation_steps,
             require_complete=self.args.batching != "clustered",
+            labels=ds["label"] if "label" in ds.column_names else None,
+            balance_labels=self.args.balance_labels,
         )
         return self.xl_sampler
 
