@@ -118,6 +118,27 @@ def test_uncoupled_sees_the_aligned_examples(batch_size, seed, epoch):
     )
 
 
+@pytest.mark.parametrize(("balance", "max_batches"), [(False, 4), (False, 12), (True, 4), (True, 14)])
+def test_uncoupled_stopped_early_sees_the_aligned_examples(balance, max_batches):
+    sids, langs, labels = labelled_rows(10, 10)
+    kw = dict(grad_accum=2, seed=2, max_batches=max_batches, labels=labels, balance_labels=balance)
+    aligned = GroupedBatchSampler(sids, langs, 3, "aligned", **kw)
+    uncoupled = GroupedBatchSampler(sids, langs, 3, "uncoupled", **kw)
+    assert aligned.plan(0) == GroupedBatchSampler(sids, langs, 3, "aligned", **{**kw, "max_batches": None}).plan(0)
+    n = len(aligned.plan(0))  # 20 batches per epoch
+    for epoch in range(3):
+        left = max_batches - epoch * n
+        reached = min(n, left) if left > 0 else n
+        a, u = aligned.plan(epoch)[:reached], uncoupled.plan(epoch)[:reached]
+        assert Counter(i for b in u for i in b) == Counter(i for b in a for i in b)
+        assert any(len({sids[i] for i in b}) > 1 for b in u)
+    # Without the stop, the first batches of the two arms hold different examples.
+    free = GroupedBatchSampler(sids, langs, 3, "uncoupled", **{**kw, "max_batches": None}).plan(0)
+    assert Counter(i for b in free[:4] for i in b) != Counter(i for b in aligned.plan(0)[:4] for i in b)
+    with pytest.raises(ValueError, match="max_batches=0"):
+        GroupedBatchSampler(sids, langs, 3, max_batches=0)
+
+
 def test_plan_depends_only_on_seed_and_epoch():
     sids, langs = grouped_rows()
     a = GroupedBatchSampler(sids, langs, 3, seed=1)

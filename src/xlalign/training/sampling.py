@@ -38,6 +38,10 @@ class GroupedBatchSampler(Sampler[int]):
     loader then hands whole batches to processes round-robin. Batches per epoch are trimmed to a multiple
     of ``num_replicas * grad_accum`` so that every optimizer step sees whole groups on every process.
 
+    ``max_batches``: the micro-batches a run trains on in all (``max_steps * grad_accum * replicas``),
+    where it stops inside an epoch. The uncoupled plan then shuffles the examples of the batches the
+    run reaches, and the rest apart, so both arms see identical examples also when stopped early.
+
     ``balance_labels`` (ours, not the papers'): each optimizer step holds as many examples of one label
     as of the other. Aligned steps alternate the groups' labels; the uncoupled plan shuffles the same
     selected examples within each label and deals them out so that every step is balanced. Groups left
@@ -59,6 +63,7 @@ class GroupedBatchSampler(Sampler[int]):
         require_complete: bool = True,
         labels: list[str] | None = None,
         balance_labels: bool = False,
+        max_batches: int | None = None,
     ):
         if batching not in BATCHINGS:
             raise ValueError(f"unknown batching {batching!r}")
@@ -67,6 +72,9 @@ class GroupedBatchSampler(Sampler[int]):
         if balance_labels and labels is None:
             raise AlignmentError("balance_labels needs each row's label (a 'label' column)")
         self.balance_labels = balance_labels
+        if max_batches is not None and max_batches < 1:
+            raise ValueError(f"max_batches={max_batches} must be >= 1 (None: every epoch whole)")
+        self.max_batches = max_batches
         self.batch_size, self.batching, self.seed = batch_size, batching, seed
         self.include_english, self.anchor = include_english, anchor
         self.unit = max(1, num_replicas) * max(1, grad_accum)
@@ -157,16 +165,31 @@ class GroupedBatchSampler(Sampler[int]):
                 [self.groups[sid][lang] for lang in self._choose_langs(self.groups[sid], rng)]
                 for sid in order
             ]
-            if self.batching == "uncoupled" and self.balance_labels:
-                batches = self._deal_balanced(batches, rng)
-            elif self.batching == "uncoupled":
-                flat = [i for b in batches for i in b]
-                flat = [flat[i] for i in rng.permutation(len(flat))]
-                batches = [
-                    flat[i : i + self.batch_size] for i in range(0, len(flat), self.batch_size)
-                ]
+            batches = batches[: len(batches) - len(batches) % self.unit]
+            if self.batching == "uncoupled":
+                # Shuffled within the part of the epoch the run trains on, and within the rest, so
+                # that a run stopped by max_steps sees exactly the aligned run's examples.
+                used = self._used_in_epoch(self.epoch if epoch is None else epoch, len(batches))
+                head, tail = batches[:used], batches[used:]
+                batches = self._uncouple(head, rng) + (self._uncouple(tail, rng) if tail else [])
         keep = len(batches) - len(batches) % self.unit
         return batches[:keep]
+
+    def _used_in_epoch(self, epoch: int, n_batches: int) -> int:
+        """Micro-batches of this epoch's plan that a run of ``max_batches`` consumes."""
+        if self.max_batches is None:
+            return n_batches
+        left = self.max_batches - epoch * n_batches
+        return min(n_batches, left) if left > 0 else n_batches
+
+    def _uncouple(self, batches: list[list[int]], rng: np.random.Generator) -> list[list[int]]:
+        """The examples of ``batches`` shuffled across groups and languages (label-balanced per
+        optimizer step with ``balance_labels``)."""
+        if self.balance_labels:
+            return self._deal_balanced(batches, rng)
+        flat = [i for b in batches for i in b]
+        flat = [flat[i] for i in rng.permutation(len(flat))]
+        return [flat[i : i + self.batch_size] for i in range(0, len(flat), self.batch_size)]
 
     def _alternate_labels(self, order: list[str]) -> list[str]:
         """The groups in ``order`` re-dealt one of each label in turn (labels in sorted order), up to

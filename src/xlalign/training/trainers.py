@@ -206,6 +206,13 @@ class GroupedTrainingMixin:
             require_complete=self.args.batching != "clustered",
             labels=ds["label"] if "label" in ds.column_names else None,
             balance_labels=self.args.balance_labels,
+            # Where max_steps stops inside an epoch, the uncoupled arm shuffles the examples the
+            # aligned arm reaches (identical examples in the same steps).
+            max_batches=self.args.max_steps
+            * self.args.gradient_accumulation_steps
+            * self.args.world_size
+            if self.args.max_steps > 0
+            else None,
         )
         return self.xl_sampler
 
