@@ -196,3 +196,32 @@ def test_prompts_scored_earlier_in_the_run_cost_only_the_adapted_layers(tiny_pro
     nb1, nb2 = NotebookPlan("02_x", runs=[first]), NotebookPlan("03_x", runs=[again])
     chain = estimate_plan([nb1, nb2], th)
     assert chain["03_x"] < round(notebook_seconds(nb2, th), 1)
+
+
+def test_training_counts_padding_and_reuses_the_other_arms_frozen_states(tiny_profile):
+    # 4 groups in en (100 tokens) and ar (300): an aligned batch of 2 pads both rows to 300 tokens.
+    pairs = [
+        {"sample_id": f"g{g}", "lang": lang, "prompt": f"{lang}{g}", "label": "Yes" if g % 2 else "No"}
+        for g in range(4)
+        for lang in ("en", "ar")
+    ]
+    p = derive(
+        tiny_profile,
+        data={"train_langs": ["en", "ar"]},
+        experiments={"batch_sizes": [1, 2]},
+        train={"method": "orpo", "batch_size": 2, "share_prompt": True, "reuse_frozen": True},
+        lora={"top_layers": 1},
+    )
+    th = _th(n_layers=4)
+    aligned = ModelRun("train", "a", "m", steps=2, profile=p, pairs=pairs)
+    per_step = 2 * 300 + 2 * 2 * 5  # padded prompts + two answers a row
+    assert run_seconds(aligned, th) == pytest.approx(2.0 + TRAIN_SETUP_S + 2 * per_step * 0.003)
+    # The uncoupled arm trains on the same rows; after the aligned arm, their frozen layers (3 of 4)
+    # are reused: 3/4 of a forward over their 2 x (100 + 300) real tokens is saved.
+    unc = derive(p, train={"batching": "uncoupled"})
+    scored: set = set()
+    first = run_seconds(aligned, th, scored)
+    second = run_seconds(ModelRun("train", "u", "m", steps=2, profile=unc, pairs=pairs), th, scored)
+    alone = run_seconds(ModelRun("train", "u", "m", steps=2, profile=unc, pairs=pairs), th)
+    assert second == pytest.approx(alone - 0.75 * 800 * 0.001)
+    assert first == pytest.approx(run_seconds(aligned, th))

@@ -292,6 +292,52 @@ def _reused_share(p: Profile | None, th: Throughput) -> float:
     return top / th.n_layers if 0 < top < th.n_layers else 1.0
 
 
+def _trained_rows(run: ModelRun, th: Throughput) -> tuple[list[dict], float]:
+    """The pairs a training run trains on, from the trainer's own batch plan (``GroupedBatchSampler``
+    with its max_steps stop, epochs in turn), and their prompt tokens as padded per micro-batch (each
+    row as long as the batch's longest language, from the measured means per language)."""
+    from xlalign.training.sampling import GroupedBatchSampler
+
+    t, pairs = run.profile.train, run.pairs
+    steps = run.steps or 0
+    if not pairs or steps <= 0:
+        return [], 0.0
+    unit = t.grad_accum  # one process: the planner estimates in-process runs
+    kw = dict(include_english=t.include_english, seed=run.profile.seed, grad_accum=t.grad_accum)
+    if t.balance_labels and all("label" in r for r in pairs):
+        kw.update(labels=[r["label"] for r in pairs], balance_labels=True)
+    try:
+        sampler = GroupedBatchSampler(
+            [r["sample_id"] for r in pairs],
+            [r["lang"] for r in pairs],
+            t.batch_size,
+            t.batching,
+            max_batches=steps * unit,
+            **kw,
+        )
+    except (ValueError, KeyError, RuntimeError):
+        # Pairs the sampler refuses are refused by the trainer too; count the mean pair then.
+        mean = _tokens(pairs, th) / len(pairs)
+        rows = steps * t.batch_size * t.grad_accum
+        return [pairs[i % len(pairs)] for i in range(rows)], rows * mean
+    batches: list[list[int]] = []
+    epoch = 0
+    while len(batches) < steps * unit:
+        plan = sampler.plan(epoch)
+        if not plan:
+            break
+        batches += plan
+        epoch += 1
+    batches = batches[: steps * unit]
+    default = statistics.mean(th.tokens_per_lang.values()) if th.tokens_per_lang else 400.0
+    seen, padded = [], 0.0
+    for b in batches:
+        rows = [pairs[i] for i in b]
+        seen += rows
+        padded += len(rows) * max(th.tokens_per_lang.get(r.get("lang"), default) for r in rows)
+    return seen, padded
+
+
 def _row_key(row: dict) -> str:
     return str(row.get("prompt", row.get("sample_id", id(row))))
 
@@ -325,17 +371,22 @@ def run_seconds(run: ModelRun, th: Throughput, scored: set | None = None) -> flo
         return s
     if run.kind == "train":
         t = p.train
-        per_pair = _tokens(run.pairs, th) / max(1, len(run.pairs)) if run.pairs else 400.0
+        seen, padded = _trained_rows(run, th)
         # One prompt encoding per pair (train.share_prompt), else chosen and rejected each in full.
-        pair_tokens = (
-            per_pair + 2 * th.answer_tokens if t.share_prompt else 2 * (per_pair + th.answer_tokens)
-        )
-        rows = (run.steps or 0) * t.batch_size * t.grad_accum
+        answers = 2 * th.answer_tokens * len(seen)
+        prompt_tok = padded if t.share_prompt else 2 * padded
+        # With train.reuse_frozen, a prompt whose frozen-layer states an earlier run of this chain
+        # computed (an evaluation, or the other arm's training) skips those layers' forward.
+        share = _reused_share(p, th)
+        again = [r for r in seen if _row_key(r) in scored] if scored is not None else []
+        saved = (1 - share) * _tokens(again, th) * th.forward_s_per_token
+        if scored is not None:
+            scored.update(_row_key(r) for r in seen)
         # TRL tokenizes the whole training set (prompt, chosen, rejected) before the first step.
         prep = 3 * len(run.pairs) * th.tokenize_s_per_row
-        s = th.load_s + TRAIN_SETUP_S + prep + rows * pair_tokens * th.train_s_per_token
+        s = th.load_s + TRAIN_SETUP_S + prep + (prompt_tok + answers) * th.train_s_per_token - saved
         if t.method == "dpo":  # the reference model's forward (adapters disabled)
-            s += rows * pair_tokens * th.forward_s_per_token
+            s += (prompt_tok + answers) * th.forward_s_per_token
         return s
     if run.kind == "calm-sample":
         items = run.items or 0
