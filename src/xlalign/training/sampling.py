@@ -105,6 +105,9 @@ class GroupedBatchSampler(Sampler[int]):
                     f"balance_labels needs two labels; the data has only {sorted(set(labels))}"
                 )
         self.groups = dict(sorted(groups.items()))
+        self.row_label = {
+            i: lab for sid, lab in self.group_label.items() for i in self.groups[sid].values()
+        }
         self.langs = sorted({lang for m in self.groups.values() for lang in m})
         if batching != "clustered" and require_complete:
             incomplete = {
@@ -191,28 +194,28 @@ class GroupedBatchSampler(Sampler[int]):
         flat = [flat[i] for i in rng.permutation(len(flat))]
         return [flat[i : i + self.batch_size] for i in range(0, len(flat), self.batch_size)]
 
-    def _alternate_labels(self, order: list[str]) -> list[str]:
-        """The groups in ``order`` re-dealt one of each label in turn (labels in sorted order), up to
-        where the rarer label runs out; each label keeps its shuffled order."""
-        by_label: dict[str, list[str]] = {}
-        for sid in order:
-            by_label.setdefault(self.group_label[sid], []).append(sid)
+    @staticmethod
+    def _interleave(items: list, label_of, rng: np.random.Generator | None = None) -> list:
+        """``items`` re-dealt one of each label in turn (labels in sorted order), each label keeping
+        its order (or shuffled by ``rng``), up to where the rarer label runs out."""
+        by_label: dict[str, list] = {}
+        for x in items:
+            by_label.setdefault(label_of(x), []).append(x)
         queues = [by_label[lab] for lab in sorted(by_label)]
-        n = min(len(q) for q in queues)
-        return [q[i] for i in range(n) for q in queues]
+        if rng is not None:
+            queues = [[q[j] for j in rng.permutation(len(q))] for q in queues]
+        return [q[i] for i in range(min(len(q) for q in queues)) for q in queues]
+
+    def _alternate_labels(self, order: list[str]) -> list[str]:
+        """The groups in ``order`` with their labels alternating (``_interleave``)."""
+        return self._interleave(order, self.group_label.__getitem__)
 
     def _deal_balanced(self, batches: list[list[int]], rng: np.random.Generator) -> list[list[int]]:
         """The examples of ``batches`` (an aligned, label-alternating plan) shuffled within each label
         and dealt out in turn, then shuffled within each optimizer step and cut into micro-batches: every
         step holds the same number of each label, and the batches mix groups and languages."""
-        row_label = {i: self.group_label[sid] for sid, m in self.groups.items() for i in m.values()}
         flat = [i for b in batches for i in b]
-        by_label: dict[str, list[int]] = {}
-        for i in flat:
-            by_label.setdefault(row_label[i], []).append(i)
-        queues = [by_label[lab] for lab in sorted(by_label)]
-        queues = [[q[j] for j in rng.permutation(len(q))] for q in queues]
-        dealt = [q[j] for j in range(min(len(q) for q in queues)) for q in queues]
+        dealt = self._interleave(flat, self.row_label.__getitem__, rng)
         step = self.unit * self.batch_size
         out: list[int] = []
         for start in range(0, len(dealt), step):
