@@ -19,6 +19,7 @@ fingerprint, boundary, ids or shape differ from the request is logged and rebuil
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -153,6 +154,18 @@ def upper_cache(model, boundary: int):
     that type's mask is never used and the slot answers with an empty past.
     """
     from transformers import DynamicCache
+
+    bypassed = _bypassed_layer()
+    cache = DynamicCache(config=causal_lm(model).config)
+    for i in range(boundary):
+        cache.layers[i] = bypassed()
+    return cache
+
+
+@functools.cache
+def _bypassed_layer():
+    """The cache-layer class of a bypassed slot, made once (a class made per call is a reference cycle
+    that only the garbage collector frees)."""
     from transformers.cache_utils import DummyLayer
 
     class Bypassed(DummyLayer):
@@ -164,10 +177,7 @@ def upper_cache(model, boundary: int):
         def get_seq_length(self, *args, **kwargs):
             return 0
 
-    cache = DynamicCache(config=causal_lm(model).config)
-    for i in range(boundary):
-        cache.layers[i] = Bypassed()
-    return cache
+    return Bypassed
 
 
 @contextlib.contextmanager
