@@ -4,6 +4,7 @@ run loads no model and writes nothing."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -119,6 +120,18 @@ def test_steps_follow_the_batch_sampler(tiny_profile):
     assert train_steps(p, data.train_pref) == 24
     p = derive(p, train={"max_steps": 5})
     assert train_steps(p, data.train_pref) == 5
+    # Label-balanced steps drop the groups left over once the rarer label runs out, as the trainer does.
+    labels = {r["sample_id"]: r["label"] for r in data.train_pref}
+    first = sorted(set(labels.values()))[0]
+    dropped = sorted(s for s, lab in labels.items() if lab == first)[:4]
+    pairs = [
+        r for r in data.train_pref if r["sample_id"] not in dropped
+    ]  # 4 groups fewer of one label
+    rarer = min(Counter(lab for s, lab in labels.items() if s not in dropped).values())
+    p = derive(p, train={"max_steps": -1, "epochs": 1})
+    assert train_steps(p, pairs) == (len(labels) - 4) // 2
+    p = derive(p, train={"balance_labels": True})
+    assert train_steps(p, pairs) == 2 * rarer // 2 < (len(labels) - 4) // 2
 
 
 def test_reuse_across_the_chain_is_counted_once():

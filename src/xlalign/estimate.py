@@ -303,18 +303,8 @@ def _trained_rows(run: ModelRun, th: Throughput) -> tuple[list[dict], float]:
     if not pairs or steps <= 0:
         return [], 0.0
     unit = t.grad_accum  # one process: the planner estimates in-process runs
-    kw = dict(include_english=t.include_english, seed=run.profile.seed, grad_accum=t.grad_accum)
-    if t.balance_labels and all("label" in r for r in pairs):
-        kw.update(labels=[r["label"] for r in pairs], balance_labels=True)
     try:
-        sampler = GroupedBatchSampler(
-            [r["sample_id"] for r in pairs],
-            [r["lang"] for r in pairs],
-            t.batch_size,
-            t.batching,
-            max_batches=steps * unit,
-            **kw,
-        )
+        sampler = GroupedBatchSampler.for_pairs(pairs, t, run.profile.seed)
     except (ValueError, KeyError, RuntimeError):
         # Pairs the sampler refuses are refused by the trainer too; count the mean pair then.
         mean = _tokens(pairs, th) / len(pairs)

@@ -152,16 +152,7 @@ def train_steps(profile: Profile, pairs: list[dict]) -> int:
     if t.max_steps and t.max_steps > 0:
         return int(t.max_steps)
     n = processes(profile)
-    sampler = GroupedBatchSampler(
-        [r["sample_id"] for r in pairs],
-        [r["lang"] for r in pairs],
-        t.batch_size,
-        t.batching,
-        include_english=t.include_english,
-        seed=profile.seed,
-        num_replicas=n,
-        grad_accum=t.grad_accum,
-    )
+    sampler = GroupedBatchSampler.for_pairs(pairs, t, profile.seed, num_replicas=n)
     per_epoch = len(sampler.plan(0)) // (n * t.grad_accum)
     return int(math.ceil(t.epochs * per_epoch))
 

@@ -68,7 +68,9 @@ class GroupedBatchSampler(Sampler[int]):
         if batching not in BATCHINGS:
             raise ValueError(f"unknown batching {batching!r}")
         if balance_labels and batching == "clustered":
-            raise ValueError("balance_labels applies to aligned and uncoupled batching, not clustered")
+            raise ValueError(
+                "balance_labels applies to aligned and uncoupled batching, not clustered"
+            )
         if balance_labels and labels is None:
             raise AlignmentError("balance_labels needs each row's label (a 'label' column)")
         self.balance_labels = balance_labels
@@ -136,6 +138,27 @@ class GroupedBatchSampler(Sampler[int]):
                     f"batch_size={batch_size} is larger than the {len(pool)} languages available per group "
                     f"({', '.join(pool)})"
                 )
+
+    @classmethod
+    def for_pairs(cls, pairs: list[dict], train, seed: int, num_replicas: int = 1):
+        """The sampler the trainer builds for these preference rows under a profile's ``train`` section
+        (batch size, batching, English anchor, accumulation, label balance and the ``max_steps`` stop),
+        for planners that count steps or rows without a trainer."""
+        steps = train.max_steps if train.max_steps and train.max_steps > 0 else None
+        return cls(
+            [r["sample_id"] for r in pairs],
+            [r["lang"] for r in pairs],
+            train.batch_size,
+            train.batching,
+            include_english=train.include_english,
+            seed=seed,
+            num_replicas=num_replicas,
+            grad_accum=train.grad_accum,
+            require_complete=train.batching != "clustered",
+            labels=[r.get("label") for r in pairs] if train.balance_labels else None,
+            balance_labels=train.balance_labels,
+            max_batches=steps * train.grad_accum * max(1, num_replicas) if steps else None,
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
