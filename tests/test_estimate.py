@@ -83,14 +83,66 @@ def test_a_reused_run_costs_nothing_and_a_notebook_adds_its_kernel(tiny_profile)
 
 def test_calm_runs_use_the_measured_prompt_length_and_the_probe_its_own_pass(tiny_profile):
     th = _th(calm_prompt_tokens=300.0, probe_s_per_token=0.004)
-    p = derive(tiny_profile, calm={"max_new_tokens": 20})
+    p = derive(tiny_profile, calm={"max_new_tokens": 20, "train": {"save_steps": 0}})
     sft = ModelRun("calm-train", "s", "m", method="sft", batch_size=2, steps=3, profile=p)
-    assert run_seconds(sft, th) == pytest.approx(TRAIN_SETUP_S + 3 * 2 * 320 * 0.003)
+    # unmeasured CALM costs fall back to the probe trainer's
+    assert run_seconds(sft, th) == pytest.approx(2.0 + TRAIN_SETUP_S + 3 * 2 * 320 * 0.003)
     dpo = ModelRun("calm-train", "d", "m", method="dpo", batch_size=2, steps=3, profile=p)
     # chosen and rejected each with its prompt, trained and passed through the reference
-    assert run_seconds(dpo, th) == pytest.approx(TRAIN_SETUP_S + 3 * 2 * 2 * 320 * (0.003 + 0.001))
-    ev = ModelRun("calm-eval", "e", "m", items=4, batch_size=2, new_tokens=20, profile=p)
-    assert run_seconds(ev, th) == pytest.approx(4 * 300 * 0.001 + 2 * 20 * 0.05)
+    assert run_seconds(dpo, th) == pytest.approx(
+        2.0 + TRAIN_SETUP_S + 3 * 2 * 2 * 320 * (0.003 + 0.001)
+    )
+    ev = ModelRun("calm-eval", "calm/predictions/base", "m", items=4, batch_size=2, new_tokens=20)
+    ev.profile = p
+    assert run_seconds(ev, th) == pytest.approx(2.0 + 4 * 300 * 0.001 + 2 * 20 * 0.05)
+
+
+def test_calm_runs_use_their_own_measured_costs(tiny_profile):
+    th = _th(
+        calm_prompt_tokens=300.0,
+        calm_train_s_per_token=0.006,
+        calm_ref_s_per_token=0.002,
+        sample_decode_s_per_step=0.2,
+        greedy_decode_s_per_step=0.07,
+        save_s=0.5,
+        adapter_load_s=1.5,
+    )
+    p = derive(
+        tiny_profile, calm={"max_new_tokens": 20, "num_samples": 2, "train": {"save_steps": 2}}
+    )
+    dpo = ModelRun("calm-train", "d", "m", method="dpo", batch_size=1, steps=5, profile=p)
+    saves = 5 // 2 + 1  # steps 2 and 4, and the final adapter
+    assert run_seconds(dpo, th) == pytest.approx(
+        2.0 + TRAIN_SETUP_S + saves * 0.5 + 5 * 2 * 320 * (0.006 + 0.002)
+    )
+    # 12 samples = 6 prompts x m = 2; 4 prompts per batch: 2 batches of 20 steps
+    sample = ModelRun("calm-sample", "s", "m", items=12, batch_size=4, new_tokens=20, profile=p)
+    assert run_seconds(sample, th) == pytest.approx(2.0 + 6 * 300 * 0.001 + 2 * 20 * 0.2)
+    base = ModelRun("calm-eval", "calm/predictions/base", "m", items=4, batch_size=2, new_tokens=20)
+    base.profile = p
+    trained = ModelRun("calm-eval", "calm/predictions/calm", "m", items=4, batch_size=2)
+    trained.new_tokens, trained.profile = 20, p
+    assert run_seconds(base, th) == pytest.approx(2.0 + 4 * 300 * 0.001 + 2 * 20 * 0.07)
+    assert run_seconds(trained, th) == pytest.approx(run_seconds(base, th) + 1.5)  # the adapter
+
+
+def test_checkpoints_and_adapter_loads_are_counted(tiny_profile):
+    pairs = [{"lang": "en"}, {"lang": "ar"}]
+    th = _th(save_s=0.5, adapter_load_s=1.5)
+    orpo = derive(tiny_profile, train={"method": "orpo", "batch_size": 3, "share_prompt": True})
+    without = ModelRun("train", "t", "m", steps=4, profile=derive(orpo, train={"save_steps": 0}))
+    without.pairs = pairs
+    every2 = ModelRun("train", "t", "m", steps=4, profile=derive(orpo, train={"save_steps": 2}))
+    every2.pairs = pairs
+    assert run_seconds(every2, th) == pytest.approx(run_seconds(without, th) + 2 * 0.5)
+    rows = [{"lang": "en"}]
+    base = ModelRun("eval", "b", "m", profile=tiny_profile, rows=rows)
+    trained = ModelRun("eval", "a", "m", profile=tiny_profile, rows=rows, adapter=True)
+    assert run_seconds(trained, th) == pytest.approx(run_seconds(base, th) + 1.5)
+
+
+def test_the_probe_and_the_report_build(tiny_profile):
+    th = _th(calm_prompt_tokens=300.0, probe_s_per_token=0.004)
     rows = [{"lang": "en"}] * 2
     probe = ModelRun("probe", "k", "m", profile=tiny_profile, rows=rows)
     assert run_seconds(probe, th) == pytest.approx(2.0 + 200 * 0.004)
@@ -125,7 +177,16 @@ def test_the_lines_it_prints():
 def test_measure_on_the_tiny_model_is_positive_and_cached(tiny_profile):
     th = measure(tiny_profile, fresh=True, startup=False)
     keys = ("forward_s_per_token", "train_s_per_token", "decode_s_per_step", "load_s")
-    for key in (*keys, "probe_s_per_token"):
+    measured = (
+        "probe_s_per_token",
+        "sample_decode_s_per_step",
+        "greedy_decode_s_per_step",
+        "calm_train_s_per_token",
+        "calm_ref_s_per_token",
+        "save_s",
+        "adapter_load_s",
+    )
+    for key in (*keys, *measured):
         value = getattr(th, key)
         assert math.isfinite(value) and value > 0, key
     assert set(th.tokens_per_lang) == set(
@@ -201,7 +262,12 @@ def test_prompts_scored_earlier_in_the_run_cost_only_the_adapted_layers(tiny_pro
 def test_training_counts_padding_and_reuses_the_other_arms_frozen_states(tiny_profile):
     # 4 groups in en (100 tokens) and ar (300): an aligned batch of 2 pads both rows to 300 tokens.
     pairs = [
-        {"sample_id": f"g{g}", "lang": lang, "prompt": f"{lang}{g}", "label": "Yes" if g % 2 else "No"}
+        {
+            "sample_id": f"g{g}",
+            "lang": lang,
+            "prompt": f"{lang}{g}",
+            "label": "Yes" if g % 2 else "No",
+        }
         for g in range(4)
         for lang in ("en", "ar")
     ]

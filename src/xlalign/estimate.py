@@ -34,6 +34,8 @@ BENCH_TOKENS_PER_REQUEST = 96  # local stand-in tasks: a short context + one cho
 BENCH_REQUESTS_PER_ITEM = 4  # multiple choice: one log-likelihood request per option
 # A CALM prompt's tokens where the task's items cannot be read (a hub task offline).
 CALM_PROMPT_TOKENS = 160
+# CALM's training cost is timed on one sequence of at most this many tokens (a prompt + completion).
+CALM_MEASURE_TOKENS = 320
 # Notebook 07's build_report: tables and ~20 figures of ours (no model, so bf16 and fp32 alike); the
 # one fixed cost the counted work does not cover. 34 s here before the vectorized AUROC bootstrap;
 # after it the whole notebook took 12 s, kernel start and imports included.
@@ -61,6 +63,16 @@ class Throughput:
     n_layers: int = 0  # the model's decoder layers (0: unknown, no frozen-state reuse counted)
     calm_prompt_tokens: float = CALM_PROMPT_TOKENS  # mean CALM prompt of the first task, measured
     probe_s_per_token: float = 0.0  # the frozen-feature probe's pass (every layer's hidden states)
+    # CALM's decoding loops at its prompt length: one step of the sampler (sample_batch_size prompts x
+    # m rows, top-p) and of greedy evaluation (eval.batch_size rows); 0 where not measured
+    sample_decode_s_per_step: float = 0.0
+    greedy_decode_s_per_step: float = 0.0
+    # CALM's LoRA (every layer) forward + backward with the full sequence's logits, per token, and the
+    # DPO reference model's forward (no gradient, full logits), per token
+    calm_train_s_per_token: float = 0.0
+    calm_ref_s_per_token: float = 0.0
+    save_s: float = 0.0  # one checkpoint: adapter, optimizer state and tokenizer files
+    adapter_load_s: float = 0.0  # loading a saved adapter onto a loaded base model
     measured_s: float = 0.0  # how long the measurement took
     measured_at: float = 0.0
     host: str = ""
@@ -74,8 +86,9 @@ def _host() -> str:
 
 
 def _cache_file(profile: Profile, dtype: str) -> Path:
-    # v2: the measurement gained the CALM prompt length and the probe pass (older files lack them)
-    safe = f"{profile.model.name}-{dtype}-{_host()}-v2".replace("/", "_")
+    # v2: the measurement gained the CALM prompt length and the probe pass; v3: the trainer's and the
+    # samplers' own code paths at the chain's shapes, checkpoint saves and adapter loads
+    safe = f"{profile.model.name}-{dtype}-{_host()}-v3".replace("/", "_")
     return profile.cache_path / "throughput" / f"{safe}.json"
 
 
@@ -116,10 +129,12 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
     import torch
 
     from xlalign.evaluation.scoring import score_prompts
+    from xlalign.generation import greedy_generate, sample_shared_prefill
     from xlalign.lm import encode
     from xlalign.models import dtype_record, load_model, lora_config
     from xlalign.probe.build import render_prompt
     from xlalign.probe.dataset import build_probe_data
+    from xlalign.training.shared_prompt import shared_prompt_logits, token_logps
 
     dtype = str(dtype_record(profile).get("resolved", profile.model.dtype))
     cache = _cache_file(profile, dtype)
@@ -163,41 +178,62 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
         hidden_states(model, tok, sample[:n], range(n_layers + 1), batch_size=n, progress=False)
         dt = time.perf_counter() - t0
     probe = dt / sum(len(encode(tok, p)) for p in sample[:n])
-    calm_tokens = _calm_prompt_tokens(profile, tok)
-
-    decode_batch = max(1, profile.calm.sample_batch_size)
-    ids = torch.randint(10, 1000, (decode_batch, 32))
-    steps = 6
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=steps,
-            min_new_tokens=steps,
-            do_sample=False,
-            pad_token_id=0,
+    calm_prompts = _calm_prompts(profile, tok)
+    calm_tokens = (
+        float(statistics.mean(len(encode(tok, p)) for p in calm_prompts))
+        if calm_prompts
+        else float(CALM_PROMPT_TOKENS)
+    )
+    # Decoding at the chain's shapes, through the chain's own loops: CALM's prompts (probe prompts
+    # where its task cannot be read), its sampler's rows and its evaluation's batch.
+    dec_prompts = calm_prompts or sample
+    c = profile.calm
+    sample_rows = max(1, c.sample_batch_size)
+    sampled = _decode_step_s(
+        lambda n, lm=model: sample_shared_prefill(
+            lm,
+            tok,
+            _cycle(dec_prompts, sample_rows),
+            max(1, c.num_samples),
+            temperature=c.temperature,
+            top_p=c.top_p,
+            max_new_tokens=n,
+            progress=False,
         )
-        dt = time.perf_counter() - t0
-    decode = max(1e-4, (dt - ids.numel() * fwd) / steps)
+    )
+    decode_batch = max(1, profile.eval.batch_size)
+    decode = _decode_step_s(
+        lambda n, lm=model: greedy_generate(
+            lm,
+            tok,
+            _cycle(dec_prompts, decode_batch),
+            n,
+            batch_size=decode_batch,
+            progress=False,
+        )
+    )
 
     from peft import get_peft_model
 
+    # The probe trainer's forward (xlalign.training.shared_prompt: each prompt encoded once, its two
+    # answers continued from the KV cache) and backward, on two real prompts left-padded as a batch.
     peft_model = get_peft_model(model, lora_config(profile, model))
     peft_model.train()
-    batch = [encode(tok, p) for p in sample[:2]]
-    width = min(len(b) for b in batch)
-    x = torch.tensor([b[:width] for b in batch])
+    prompts2 = [encode(tok, p) for p in sample[:2]]
+    answer_ids = [tok(a, add_special_tokens=False)["input_ids"] for a in _answers()]
+    completions = [answer_ids[0]] * len(prompts2) + [answer_ids[1]] * len(prompts2)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
 
-    times = []
-    for _ in range(2):  # the first is a warm-up (autograd graph, LoRA weights)
-        t0 = time.perf_counter()
-        out = peft_model(input_ids=x, logits_to_keep=8)
-        out.logits.float().logsumexp(-1).mean().backward()
-        peft_model.zero_grad()
-        times.append(time.perf_counter() - t0)
-    train = times[-1] / x.numel()
-    del peft_model, model, out
+    def train_step(pm=peft_model):
+        logits, targets, mask = shared_prompt_logits(pm, prompts2, completions, pad)
+        token_logps(logits, targets, mask).sum().backward()
+        pm.zero_grad()
+
+    padded = len(prompts2) * max(len(p) for p in prompts2)
+    train = _timed(train_step) / (padded + sum(len(a) for a in completions))
+    save_s, adapter_load_s, model = _save_and_load_s(peft_model, tok)
+    calm_train, calm_ref = _calm_train_s(profile, model, tok, dec_prompts)
+    del peft_model, model
     import gc
 
     gc.collect()
@@ -220,6 +256,12 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
         train_s_per_token=train,
         decode_s_per_step=decode,
         decode_batch=decode_batch,
+        sample_decode_s_per_step=sampled,
+        greedy_decode_s_per_step=decode,
+        calm_train_s_per_token=calm_train,
+        calm_ref_s_per_token=calm_ref,
+        save_s=round(save_s, 3),
+        adapter_load_s=round(adapter_load_s, 3),
         startup_s=round(startup_s, 3),
         tokenize_s_per_row=tokenize_s,
         tokens_per_lang=tokens_per_lang,
@@ -239,33 +281,119 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
     return th
 
 
-def _calm_prompt_tokens(profile: Profile, tok) -> float:
-    """Mean rendered prompt tokens of the first CALM task's items in its training languages (a
-    sample of ``TOKEN_SAMPLE_PER_LANG`` per language); ``CALM_PROMPT_TOKENS`` where they cannot be
-    read here (a hub task offline)."""
+def _timed(fn, repeat: int = 2) -> float:
+    """Seconds of the last of ``repeat`` calls (the first warms up allocations and lazy init)."""
+    dt = 0.0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+    return dt
+
+
+def _decode_step_s(run, short: int = 1, long: int = 5) -> float:
+    """One decoding step of ``run(max_new_tokens)``: the difference of a long and a short run (the
+    prefill cancels), after a warm-up."""
+    import torch
+
+    with torch.inference_mode():
+        run(short)  # warm-up
+        t0 = time.perf_counter()
+        run(short)
+        t1 = time.perf_counter()
+        run(long)
+        t2 = time.perf_counter()
+    return max(1e-4, ((t2 - t1) - (t1 - t0)) / (long - short))
+
+
+def _cycle(items: list, n: int) -> list:
+    return [items[i % len(items)] for i in range(n)]
+
+
+def _save_and_load_s(peft_model, tok):
+    """A checkpoint as the trainer writes it (adapter, tokenizer, optimizer moments of the LoRA
+    weights), and loading such an adapter onto the base model: (save s, load s, the base model with
+    every adapter removed)."""
+    import tempfile
+
+    import torch
+    from peft import PeftModel
+
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        peft_model.save_pretrained(d)
+        tok.save_pretrained(d)
+        moments = {
+            f"{n}.{k}": p.detach().clone()
+            for n, p in peft_model.named_parameters()
+            if p.requires_grad
+            for k in ("exp_avg", "exp_avg_sq")
+        }
+        torch.save(moments, Path(d) / "optimizer.pt")
+        save_s = time.perf_counter() - t0
+        base = peft_model.unload()
+        t0 = time.perf_counter()
+        loaded = PeftModel.from_pretrained(base, d)
+        load_s = time.perf_counter() - t0
+        base = loaded.unload()
+    return save_s, load_s, base
+
+
+def _calm_train_s(profile: Profile, model, tok, prompts: list[str]) -> tuple[float, float]:
+    """Per token: CALM's LoRA (``calm.lora``, every layer) forward + backward with the whole
+    sequence's logits, as TRL's DPO and SFT trainers compute them, and the reference forward."""
+    import torch
+    from peft import get_peft_model
+
+    from xlalign.lm import encode
+    from xlalign.models import lora_config
+
+    ids = encode(tok, prompts[0])[: int(CALM_MEASURE_TOKENS)]
+    x = torch.tensor([ids])
+    peft_model = get_peft_model(model, lora_config(profile, model, section=profile.calm.lora))
+    peft_model.train()
+
+    def step():
+        out = peft_model(input_ids=x)
+        out.logits.float().log_softmax(-1)[..., 0].sum().backward()
+        peft_model.zero_grad()
+
+    train = _timed(step) / x.numel()
+
+    def ref():
+        with torch.no_grad(), peft_model.disable_adapter():
+            peft_model(input_ids=x).logits.float().log_softmax(-1)
+
+    ref_s = _timed(ref) / x.numel()
+    peft_model.unload()
+    return train, ref_s
+
+
+def _calm_prompts(profile: Profile, tok) -> list[str]:
+    """Rendered prompts of the first CALM task's items in its training languages (a sample of
+    ``TOKEN_SAMPLE_PER_LANG`` per language); none where they cannot be read here (a hub task
+    offline)."""
     from xlalign.calm.items import load_task_items
     from xlalign.calm.prompts import build_prompt
-    from xlalign.lm import encode
     from xlalign.probe.build import render_prompt
 
     tasks = list(getattr(profile.calm, "tasks", None) or ["corpus_mcq"])
     langs = list(profile.calm.train_langs)
     try:
         items = load_task_items(profile, tasks[0], langs).items
-    except Exception:  # noqa: BLE001 - an estimate falls back to the constant, it does not fail
-        return float(CALM_PROMPT_TOKENS)
+    except Exception:  # noqa: BLE001 - an estimate falls back to probe prompts, it does not fail
+        return []
     picked: dict[str, list] = {}
     for item in items:
         lang = getattr(item, "lang", None)
         if lang in langs and len(picked.setdefault(lang, [])) < TOKEN_SAMPLE_PER_LANG:
             picked[lang].append(item)
     fmt = profile.model.prompt_format
-    lengths = [
-        len(encode(tok, render_prompt(build_prompt(item, lang), tok, fmt)))
+    return [
+        render_prompt(build_prompt(item, lang), tok, fmt)
         for lang, chosen in picked.items()
         for item in chosen
     ]
-    return float(statistics.mean(lengths)) if lengths else float(CALM_PROMPT_TOKENS)
 
 
 def _answers() -> list[str]:
@@ -328,6 +456,12 @@ def _trained_rows(run: ModelRun, th: Throughput) -> tuple[list[dict], float]:
     return seen, padded
 
 
+def _saves(save_steps: int, steps: int | None) -> int:
+    """Checkpoints a training writes: one every ``save_steps`` steps (0: none), plus the final adapter."""
+    n = int(steps or 0)
+    return (n // save_steps if save_steps and save_steps > 0 else 0) + 1
+
+
 def _row_key(row: dict) -> str:
     return str(row.get("prompt", row.get("sample_id", id(row))))
 
@@ -345,7 +479,11 @@ def run_seconds(run: ModelRun, th: Throughput, scored: set | None = None) -> flo
         new = [r for r in run.rows if _row_key(r) not in scored]
         scored.update(_row_key(r) for r in new)
         tokens = _tokens(new, th) + share * _tokens(again, th)
-        s = th.load_s + tokens * th.forward_s_per_token
+        s = (
+            th.load_s
+            + (th.adapter_load_s if run.adapter else 0.0)
+            + tokens * th.forward_s_per_token
+        )
         if p is not None and p.eval.mode == "generation":
             batches = math.ceil(len(run.rows) / max(1, p.eval.batch_size))
             s += batches * p.eval.max_new_tokens * th.decode_s_per_step
@@ -355,6 +493,8 @@ def run_seconds(run: ModelRun, th: Throughput, scored: set | None = None) -> flo
         if run.kind == "probe" and th.probe_s_per_token > 0:
             per_token = th.probe_s_per_token
         s = th.load_s + _tokens(run.rows, th) * per_token
+        if run.adapter:
+            s += th.adapter_load_s
         if run.kind == "eval" and p is not None and p.eval.mode == "generation":
             batches = math.ceil(len(run.rows) / max(1, p.eval.batch_size))
             s += batches * p.eval.max_new_tokens * th.decode_s_per_step
@@ -375,30 +515,46 @@ def run_seconds(run: ModelRun, th: Throughput, scored: set | None = None) -> flo
         # TRL tokenizes the whole training set (prompt, chosen, rejected) before the first step.
         prep = 3 * len(run.pairs) * th.tokenize_s_per_row
         s = th.load_s + TRAIN_SETUP_S + prep + (prompt_tok + answers) * th.train_s_per_token - saved
+        s += _saves(t.save_steps, run.steps) * th.save_s
         if t.method == "dpo":  # the reference model's forward (adapters disabled)
             s += (prompt_tok + answers) * th.forward_s_per_token
         return s
     if run.kind == "calm-sample":
+        # xlalign.generation.sample_shared_prefill: each batch of ``sample_batch_size`` prompts is
+        # encoded once and decoded as prompts x m rows, to the longest sample (``new_tokens``).
         items = run.items or 0
-        prompts = items / max(1, p.calm.num_samples)
-        steps = math.ceil(items / max(1, run.batch_size or 1)) * (run.new_tokens or 0)
+        m = max(1, p.calm.num_samples)
+        prompts = items / m
+        per_step = th.sample_decode_s_per_step or th.decode_s_per_step
+        steps = math.ceil(prompts / max(1, run.batch_size or 1)) * (run.new_tokens or 0)
         return (
-            th.load_s
-            + prompts * th.calm_prompt_tokens * th.forward_s_per_token
-            + steps * th.decode_s_per_step
+            th.load_s + prompts * th.calm_prompt_tokens * th.forward_s_per_token + steps * per_step
         )
     if run.kind == "calm-train":
-        # One sequence (prompt + completion) per SFT row; DPO concatenates chosen and rejected, each
-        # with its prompt, and adds the reference model's forward over both.
+        # TRL's trainers on CALM's LoRA (every layer), the whole sequence's logits: one sequence
+        # (prompt + completion) per SFT row; DPO's chosen and rejected, each with its prompt, plus the
+        # reference model's forward over both. A model load and the final adapter save each.
         seq = th.calm_prompt_tokens + p.calm.max_new_tokens
         rows = (run.steps or 0) * (run.batch_size or 1)
+        train = th.calm_train_s_per_token or th.train_s_per_token
+        ref = th.calm_ref_s_per_token or th.forward_s_per_token
+        fixed = th.load_s + TRAIN_SETUP_S + _saves(p.calm.train.save_steps, run.steps) * th.save_s
         if run.method == "dpo":
-            return TRAIN_SETUP_S + rows * 2 * seq * (th.train_s_per_token + th.forward_s_per_token)
-        return TRAIN_SETUP_S + rows * seq * th.train_s_per_token
+            return fixed + rows * 2 * seq * (train + ref)
+        return fixed + rows * seq * train
     if run.kind == "calm-eval":
+        # Greedy decoding in batches of ``eval.batch_size`` to the longest answer, on the base model or
+        # a trained adapter (every variant but "base").
         items = run.items or 0
+        per_step = th.greedy_decode_s_per_step or th.decode_s_per_step
         steps = math.ceil(items / max(1, run.batch_size or 1)) * (run.new_tokens or 0)
-        return items * th.calm_prompt_tokens * th.forward_s_per_token + steps * th.decode_s_per_step
+        adapter = 0.0 if run.label.endswith("/base") else th.adapter_load_s
+        return (
+            th.load_s
+            + adapter
+            + items * th.calm_prompt_tokens * th.forward_s_per_token
+            + steps * per_step
+        )
     if run.kind == "benchmark":
         requests = (run.items or 0) * BENCH_REQUESTS_PER_ITEM
         return (

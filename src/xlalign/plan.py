@@ -43,6 +43,7 @@ class ModelRun:
     launch: str = IN_PROCESS
     reuses: str | None = None
     note: str = ""
+    adapter: bool | None = None  # an evaluation of a trained adapter (True), not of the base model
     profile: Profile | None = field(default=None, repr=False, compare=False)
     rows: list[dict] = field(default_factory=list, repr=False, compare=False)
     pairs: list[dict] = field(default_factory=list, repr=False, compare=False)
@@ -242,6 +243,7 @@ class _Chain:
         rows: list[dict] | None,
         langs: list[str],
         note: str = "",
+        adapter: bool = False,
     ) -> ModelRun:
         ids = {r["item_id"] for r in rows or []}
         done = self.evaluated.get(label)
@@ -258,6 +260,7 @@ class _Chain:
             new_tokens=profile.eval.max_new_tokens if mode == "generation" else None,
             reuses=reuses,
             note=note or mode,
+            adapter=True if adapter else None,
             profile=profile,
             rows=rows or [],
         )
@@ -355,7 +358,7 @@ def _nb03(chain: _Chain, nb: NotebookPlan) -> None:
     rows = subset(data.test_rows, langs, p.eval.compare_items, p.seed)
     for _key, (label, q) in arm_profiles(p).items():
         tr = chain.train(label, q, data)
-        nb.runs += [tr, chain.evaluate(chain.adapter_label(tr), q, rows, langs)]
+        nb.runs += [tr, chain.evaluate(chain.adapter_label(tr), q, rows, langs, adapter=True)]
     nb.runs.append(
         chain.evaluate(baseline(p.model.name), p, rows, langs, note=p.eval.mode + ", baseline")
     )
@@ -461,11 +464,11 @@ def _nb05(chain: _Chain, nb: NotebookPlan) -> None:
     for method in methods:
         for _b, (label, q) in ablations.batch_size_runs(p, method).items():
             tr = chain.train(label, q, data)
-            nb.runs += [tr, chain.evaluate(chain.adapter_label(tr), q, rows, langs)]
+            nb.runs += [tr, chain.evaluate(chain.adapter_label(tr), q, rows, langs, adapter=True)]
     for method in methods:
         label, q = ablations.english_run(p, method)
         tr = chain.train(label, q, data)
-        nb.runs += [tr, chain.evaluate(chain.adapter_label(tr), q, rows, langs)]
+        nb.runs += [tr, chain.evaluate(chain.adapter_label(tr), q, rows, langs, adapter=True)]
     p_al, runs = ablations.machine_translated_runs(p)
     mt_data = _dataset(chain, nb, p_al)
     nb.datasets.append(
@@ -476,7 +479,7 @@ def _nb05(chain: _Chain, nb: NotebookPlan) -> None:
     nb.runs.append(chain.evaluate(baseline_mt(p.model.name), p, mt_rows, mt_langs, note="baseline"))
     for _batching, (label, q) in runs.items():
         tr = chain.train(label, q, mt_data)
-        nb.runs += [tr, chain.evaluate(chain.adapter_label(tr), q, mt_rows, mt_langs)]
+        nb.runs += [tr, chain.evaluate(chain.adapter_label(tr), q, mt_rows, mt_langs, adapter=True)]
 
 
 def _nb06(chain: _Chain, nb: NotebookPlan) -> None:
@@ -495,7 +498,7 @@ def _nb06(chain: _Chain, nb: NotebookPlan) -> None:
     nb.runs.append(
         chain.evaluate(baseline(p.model.name), p, rows, langs, note=p.eval.mode + ", baseline")
     )
-    nb.runs.append(chain.evaluate(unseen(g._method(p)), q, rows, langs))
+    nb.runs.append(chain.evaluate(unseen(g._method(p)), q, rows, langs, adapter=True))
     # Tables 2-4: lm-eval on the base model and on notebook 03's default and ours per method.
     registry = g.benchmark_registry(p)
     tasks = [t for cells in registry.values() for ts in cells.values() for t in ts]
