@@ -118,13 +118,17 @@ def test_uncoupled_sees_the_aligned_examples(batch_size, seed, epoch):
     )
 
 
-@pytest.mark.parametrize(("balance", "max_batches"), [(False, 4), (False, 12), (True, 4), (True, 14)])
+@pytest.mark.parametrize(
+    ("balance", "max_batches"), [(False, 4), (False, 12), (True, 4), (True, 14)]
+)
 def test_uncoupled_stopped_early_sees_the_aligned_examples(balance, max_batches):
     sids, langs, labels = labelled_rows(10, 10)
     kw = dict(grad_accum=2, seed=2, max_batches=max_batches, labels=labels, balance_labels=balance)
     aligned = GroupedBatchSampler(sids, langs, 3, "aligned", **kw)
     uncoupled = GroupedBatchSampler(sids, langs, 3, "uncoupled", **kw)
-    assert aligned.plan(0) == GroupedBatchSampler(sids, langs, 3, "aligned", **{**kw, "max_batches": None}).plan(0)
+    assert aligned.plan(0) == GroupedBatchSampler(
+        sids, langs, 3, "aligned", **{**kw, "max_batches": None}
+    ).plan(0)
     n = len(aligned.plan(0))  # 20 batches per epoch
     for epoch in range(3):
         left = max_batches - epoch * n
@@ -134,7 +138,9 @@ def test_uncoupled_stopped_early_sees_the_aligned_examples(balance, max_batches)
         assert any(len({sids[i] for i in b}) > 1 for b in u)
     # Without the stop, the first batches of the two arms hold different examples.
     free = GroupedBatchSampler(sids, langs, 3, "uncoupled", **{**kw, "max_batches": None}).plan(0)
-    assert Counter(i for b in free[:4] for i in b) != Counter(i for b in aligned.plan(0)[:4] for i in b)
+    assert Counter(i for b in free[:4] for i in b) != Counter(
+        i for b in aligned.plan(0)[:4] for i in b
+    )
     with pytest.raises(ValueError, match="max_batches=0"):
         GroupedBatchSampler(sids, langs, 3, max_batches=0)
 
@@ -221,7 +227,9 @@ def step_label_counts(plan, labels, unit):
     return [Counter(labels[i] for b in st for i in b) for st in steps]
 
 
-@pytest.mark.parametrize(("batching", "accum"), [("aligned", 2), ("aligned", 4), ("uncoupled", 2), ("uncoupled", 4)])
+@pytest.mark.parametrize(
+    ("batching", "accum"), [("aligned", 2), ("aligned", 4), ("uncoupled", 2), ("uncoupled", 4)]
+)
 def test_balanced_steps_hold_each_label_equally(batching, accum):
     sids, langs, labels = labelled_rows(6, 10)  # unbalanced data: 6 Yes groups, 10 IDK groups
     kw = dict(grad_accum=accum, labels=labels, balance_labels=True, seed=3)
@@ -876,3 +884,16 @@ def test_dpo_shared_prompt_equals_stock_loss_metrics_and_gradients(
         if key != "num_tokens":
             assert m_o[key] == pytest.approx(value, abs=1e-4), key
     assert_grads_close(g_o, g_s, atol=1e-6)
+
+
+def test_cpu_training_returns_freed_heap_pages_after_every_step(orpo_pair):
+    import platform
+
+    from xlalign.training.trainers import ReleaseFreedMemoryCallback, release_freed_memory
+
+    _, stock, ours, _ = orpo_pair
+    kinds = [type(cb) for cb in ours.callback_handler.callbacks]
+    assert kinds.count(ReleaseFreedMemoryCallback) == 1
+    assert ReleaseFreedMemoryCallback not in [type(cb) for cb in stock.callback_handler.callbacks]
+    if platform.libc_ver()[0] == "glibc":
+        assert release_freed_memory() is True

@@ -146,6 +146,36 @@ class JsonlLogCallback(TrainerCallback):
                 )
 
 
+def release_freed_memory() -> bool:
+    """Return the C heap's free pages to the system (glibc's ``malloc_trim``); False where there is no
+    glibc. Training with reused frozen states keeps many ~1 MB tensors alive between the step's
+    short-lived activations, and glibc's heap then holds the freed space: measured here, a 60-step
+    ORPO run (28 pairs a step) grew to 10.3 GB of RSS with 1.7 GB in use and 7.5 GB free inside the
+    heap after 17 steps. Cheaper than a smaller mmap threshold (``MALLOC_MMAP_THRESHOLD_`` = 1 MB
+    made the same step 2.8x slower)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return False  # not glibc (musl, macOS)
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
+
+
+class ReleaseFreedMemoryCallback(TrainerCallback):
+    """``release_freed_memory`` after every optimizer step (on the CPU, where the C heap holds the
+    activations)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        release_freed_memory()
+
+
 @contextlib.contextmanager
 def compact_fused_lm_head():
     """Score only labelled positions in TRL's fused LM head, on every device.
@@ -181,6 +211,8 @@ class GroupedTrainingMixin:
         # Grouping columns travel beside the batch, and every log line goes to train_log.jsonl.
         self.data_collator = MetaCollator(self.data_collator)
         self.add_callback(JsonlLogCallback(Path(self.args.output_dir) / "train_log.jsonl"))
+        if self.args.device.type == "cpu":
+            self.add_callback(ReleaseFreedMemoryCallback())
         # The frozen lower layers' states, computed once per prompt for the whole process (and run).
         self.xl_frozen = (
             attach(self.model, directory=self.args.frozen_cache_dir)
