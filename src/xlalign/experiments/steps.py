@@ -145,10 +145,13 @@ def train(profile: Profile, run: Run, label: str, data: ProbeData) -> TrainResul
     if twin is not None:
         run.step(f"train/{label}", reused=str(twin.relative_to(run.path)))
         return TrainResult.from_dict(json.loads((twin / "train_result.json").read_text()))
+    t0 = time.perf_counter()
     res = train_preference(profile, data.train_dataset(), out, resume=True)
     run.step(
         f"train/{label}",
-        wall_time_s=round(res.wall_time_s, 1),
+        wall_time_s=round(res.wall_time_s, 1),  # the trainer's steps (a resumed run: all of them)
+        # this call: model load, TRL's tokenization, the steps, checkpoints and the adapter save
+        call_s=round(time.perf_counter() - t0, 1),
         steps=res.steps,
         tokens_per_s=round(res.tokens_per_s, 1),
         batch=res.batch,  # per_device x processes x grad_accum = global
