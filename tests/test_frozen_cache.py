@@ -400,3 +400,26 @@ def test_a_reused_training_step_leaves_no_reference_cycles():
         gc.set_debug(0)
         gc.enable()
     assert found == 0, f"{found} objects in reference cycles: {sorted(set(left))}"
+
+
+def test_entries_are_kept_in_slabs_and_the_oldest_slab_is_dropped_first(monkeypatch):
+    """Entries are copies in a few large slabs (outside the C heap's small blocks); past max_bytes the
+    oldest slab goes with all its entries, and a later lookup computes them again."""
+    monkeypatch.setattr(fc, "SLAB_BYTES", 4 * 32 * 4)  # 4 rows of hidden size 32, fp32
+    model = lora_top(tiny_gemma3(), 2)
+    store = fc.FrozenStates(4, "fp", max_bytes=2 * fc.SLAB_BYTES)
+    prompts = [[5 + i, 6 + i] for i in range(5)]  # 2 rows each: two entries fill a slab
+    with torch.no_grad():
+        got, _ = store.states(model, prompts, [], [], 0)
+        want, _, _ = fc.lower_states(model, 4, prompts, 0, "cpu")
+    for s, w in zip(got, want, strict=True):
+        torch.testing.assert_close(s, w)
+    assert len(store._slabs) == 2 and store._bytes == 2 * fc.SLAB_BYTES  # 3 slabs made, 1 dropped
+    kept = [k for k in store._mem]
+    assert kept == [(tuple(p), None) for p in prompts[2:]]
+    first, second = (store._mem[(tuple(p), None)] for p in prompts[2:4])
+    assert first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()  # one slab
+    with torch.no_grad():
+        again, _ = store.states(model, prompts[:1], [], [], 0)
+    assert store.misses == 6 and (tuple(prompts[0]), None) in store._mem
+    torch.testing.assert_close(again[0], want[0])
