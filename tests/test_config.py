@@ -25,7 +25,7 @@ from xlalign.config import (
     profile_from_dict,
 )
 
-PROFILES = ["cpu", "gpu-smoke", "paper", "smoke"]
+PROFILES = ["cpu", "cpu-long", "gpu-smoke", "paper", "smoke"]
 OVERLAYS = [f"batch_size_{b}" for b in range(1, 8)] + [
     "dpo",
     "machine_translated",
@@ -464,7 +464,7 @@ def test_validate_configs_checks_the_given_profile_and_overrides(capsys):
     assert main(["validate-configs", "--profile", "smoke", "train.batch_size=4"]) == 2
     assert "train.batch_size=4" in capsys.readouterr().err
     assert main(["validate-configs", "--profile", "smoke", "--overlay", "dpo"]) == 0
-    assert capsys.readouterr().out.startswith("ok: 4 profiles, 11 overlays")
+    assert capsys.readouterr().out.startswith(f"ok: {len(PROFILES)} profiles, 11 overlays")
 
 
 def test_validate_configs_checks_every_overlay(tmp_path, monkeypatch, capsys):

@@ -82,7 +82,10 @@ class Throughput:
 
 
 def _host() -> str:
-    return f"{platform.node()}/{os.cpu_count()}cpu"
+    """The machine and the threads torch computes with (a 1-thread measurement is not a 2-thread one)."""
+    import torch
+
+    return f"{platform.node()}/{os.cpu_count()}cpu/{torch.get_num_threads()}t"
 
 
 def _cache_file(profile: Profile, dtype: str) -> Path:
