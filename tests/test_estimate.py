@@ -121,7 +121,7 @@ def test_calm_runs_use_their_own_measured_costs(tiny_profile):
     base = ModelRun("calm-eval", "calm/predictions/base", "m", items=4, batch_size=2, new_tokens=20)
     base.profile = p
     trained = ModelRun("calm-eval", "calm/predictions/calm", "m", items=4, batch_size=2)
-    trained.new_tokens, trained.profile = 20, p
+    trained.new_tokens, trained.profile, trained.adapter = 20, p, True
     assert run_seconds(base, th) == pytest.approx(2.0 + 4 * 300 * 0.001 + 2 * 20 * 0.07)
     assert run_seconds(trained, th) == pytest.approx(run_seconds(base, th) + 1.5)  # the adapter
 

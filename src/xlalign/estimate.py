@@ -67,8 +67,8 @@ class Throughput:
     # m rows, top-p) and of greedy evaluation (eval.batch_size rows); 0 where not measured
     sample_decode_s_per_step: float = 0.0
     greedy_decode_s_per_step: float = 0.0
-    # CALM's LoRA (every layer) forward + backward with the full sequence's logits, per token, and the
-    # DPO reference model's forward (no gradient, full logits), per token
+    # CALM's LoRA (every layer) forward + backward, and the DPO reference model's forward (no
+    # gradient), per token, each with every position's logits (``_calm_train_s``)
     calm_train_s_per_token: float = 0.0
     calm_ref_s_per_token: float = 0.0
     save_s: float = 0.0  # one checkpoint: adapter, optimizer state and tokenizer files
@@ -343,8 +343,9 @@ def _save_and_load_s(peft_model, tok):
 
 
 def _calm_train_s(profile: Profile, model, tok, prompts: list[str]) -> tuple[float, float]:
-    """Per token: CALM's LoRA (``calm.lora``, every layer) forward + backward with the whole
-    sequence's logits, as TRL's DPO and SFT trainers compute them, and the reference forward."""
+    """Per token: CALM's LoRA (``calm.lora``, every layer) forward + backward, and the reference
+    forward, each with every position's logits (an upper bound: DPO projects only completion
+    positions, ``trainers.compact_fused_lm_head``)."""
     import torch
     from peft import get_peft_model
 
@@ -459,6 +460,11 @@ def _trained_rows(run: ModelRun, th: Throughput) -> tuple[list[dict], float]:
     return seen, padded
 
 
+def _load_s(run: ModelRun, th: Throughput) -> float:
+    """An evaluation's model load, and its adapter's where it evaluates a trained one."""
+    return th.load_s + (th.adapter_load_s if run.adapter else 0.0)
+
+
 def _saves(save_steps: int, steps: int | None) -> int:
     """Checkpoints a training writes: one every ``save_steps`` steps (0: none), plus the final adapter."""
     n = int(steps or 0)
@@ -482,11 +488,7 @@ def run_seconds(run: ModelRun, th: Throughput, scored: set | None = None) -> flo
         new = [r for r in run.rows if _row_key(r) not in scored]
         scored.update(_row_key(r) for r in new)
         tokens = _tokens(new, th) + share * _tokens(again, th)
-        s = (
-            th.load_s
-            + (th.adapter_load_s if run.adapter else 0.0)
-            + tokens * th.forward_s_per_token
-        )
+        s = _load_s(run, th) + tokens * th.forward_s_per_token
         if p is not None and p.eval.mode == "generation":
             batches = math.ceil(len(run.rows) / max(1, p.eval.batch_size))
             s += batches * p.eval.max_new_tokens * th.decode_s_per_step
@@ -495,9 +497,7 @@ def run_seconds(run: ModelRun, th: Throughput, scored: set | None = None) -> flo
         per_token = th.forward_s_per_token
         if run.kind == "probe" and th.probe_s_per_token > 0:
             per_token = th.probe_s_per_token
-        s = th.load_s + _tokens(run.rows, th) * per_token
-        if run.adapter:
-            s += th.adapter_load_s
+        s = _load_s(run, th) + _tokens(run.rows, th) * per_token
         if run.kind == "eval" and p is not None and p.eval.mode == "generation":
             batches = math.ceil(len(run.rows) / max(1, p.eval.batch_size))
             s += batches * p.eval.max_new_tokens * th.decode_s_per_step
@@ -534,7 +534,7 @@ def run_seconds(run: ModelRun, th: Throughput, scored: set | None = None) -> flo
             th.load_s + prompts * th.calm_prompt_tokens * th.forward_s_per_token + steps * per_step
         )
     if run.kind == "calm-train":
-        # TRL's trainers on CALM's LoRA (every layer), the whole sequence's logits: one sequence
+        # TRL's trainers on CALM's LoRA (every layer): one sequence
         # (prompt + completion) per SFT row; DPO's chosen and rejected, each with its prompt, plus the
         # reference model's forward over both. A model load and the final adapter save each.
         seq = th.calm_prompt_tokens + p.calm.max_new_tokens
@@ -547,14 +547,12 @@ def run_seconds(run: ModelRun, th: Throughput, scored: set | None = None) -> flo
         return fixed + rows * seq * train
     if run.kind == "calm-eval":
         # Greedy decoding in batches of ``eval.batch_size`` to the longest answer, on the base model or
-        # a trained adapter (every variant but "base").
+        # a trained adapter.
         items = run.items or 0
         per_step = th.greedy_decode_s_per_step or th.decode_s_per_step
         steps = math.ceil(items / max(1, run.batch_size or 1)) * (run.new_tokens or 0)
-        adapter = 0.0 if run.label.endswith("/base") else th.adapter_load_s
         return (
-            th.load_s
-            + adapter
+            _load_s(run, th)
             + items * th.calm_prompt_tokens * th.forward_s_per_token
             + steps * per_step
         )

@@ -447,6 +447,7 @@ def _nb04(chain: _Chain, nb: NotebookPlan) -> None:
                     batch_size=p.eval.batch_size,
                     new_tokens=c.max_new_tokens,
                     note=f"in {eval_langs}",
+                    adapter=True if v != "base" else None,
                     profile=p,
                 )
             )
