@@ -2,8 +2,9 @@
 
 Covers every result table (values rounded to 0.1 points), every evaluation's per-item predictions,
 every training run's batch plan (query ids and languages per step), the probe's counts and CALM's
-counts and predictions. Log-probabilities and wall times are left out: they differ in the last bits
-between CPUs. ``--exact A B`` instead compares two runs' files byte for byte, timing fields aside
+counts and predictions. Log-probabilities, the perplexities built from them (rows of a ``*_ppl``
+column: exponentiated, a last-bit difference moves the first decimal) and wall times are left out:
+they differ in the last bits between CPUs. ``--exact A B`` instead compares two runs' files byte for byte, timing fields aside
 (same machine only).
 
     python tests/golden_digest.py runs/<id> > tests/golden/smoke.json
@@ -33,6 +34,14 @@ def _round(value: str, digits: int = 1):
     return None if math.isnan(x) else round(x, digits)
 
 
+def _table_row(row: list[str]) -> list:
+    """A result row rounded to 0.1; a perplexity row keeps its labels and drops its numbers."""
+    values = [_round(v) for v in row]
+    if any(isinstance(v, str) and v.endswith("_ppl") for v in row):
+        return [None if isinstance(v, float) else v for v in values]
+    return values
+
+
 def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
@@ -45,7 +54,7 @@ def digest(run: Path) -> dict:
         if path.name == "token_lengths.csv":  # tokenizer-dependent but exact
             out["tables"][path.stem] = rows
             continue
-        out["tables"][path.stem] = [rows[0]] + [[_round(v) for v in r] for r in rows[1:]]
+        out["tables"][path.stem] = [rows[0]] + [_table_row(r) for r in rows[1:]]
     for path in sorted((run / "eval").glob("*/predictions.jsonl")):
         out["predictions"][path.parent.name] = sorted(
             (r["item_id"], r["pred"]) for r in _jsonl(path)
