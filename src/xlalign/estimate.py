@@ -28,6 +28,7 @@ from xlalign.plan import ModelRun, NotebookPlan, format_seconds, plan_chain, pla
 
 # Our constants, not measured per machine (seconds); calibrated against smoke and cpu runs here.
 KERNEL_START_S = 3.0  # papermill + a Jupyter kernel, beyond the imports that ``measure`` times
+TRL_ENCODES_PER_PAIR = {"orpo": 5, "dpo": 3}  # tokenizer calls per preference pair before step 1
 TRAIN_SETUP_S = 4.0  # TRL trainer construction, dataset mapping, adapter save
 BENCH_SETUP_S = 6.0  # lm-eval task building per benchmark run
 BENCH_TOKENS_PER_REQUEST = 96  # local stand-in tasks: a short context + one choice
@@ -74,6 +75,7 @@ class Throughput:
     save_s: float = 0.0  # one checkpoint: adapter, optimizer state and tokenizer files
     adapter_load_s: float = 0.0  # loading a saved adapter onto a loaded base model
     measured_s: float = 0.0  # how long the measurement took
+    parts_s: dict[str, float] = field(default_factory=dict)  # of which, each part of ``measure``
     measured_at: float = 0.0
     host: str = ""
 
@@ -144,10 +146,13 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
     if not fresh and (known := cached_throughput(profile)) is not None:
         return known
     t_all = time.perf_counter()
+    lap = _Laps()
     startup_s = _import_seconds() if startup else 0.0
+    lap("kernel imports")
     t0 = time.perf_counter()
     model, tok = load_model(profile)
     load_s = time.perf_counter() - t0
+    lap("first model load")
     model.eval()
     fmt = profile.model.prompt_format
 
@@ -164,6 +169,7 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
     tokens_per_lang = {lang: float(statistics.mean(v)) for lang, v in lengths.items()}
     answers = [len(tok(a, add_special_tokens=False)["input_ids"]) for a in _answers()]
     sample = [by_lang[lang][0] for lang in sorted(by_lang)]
+    lap("probe data and tokenizing")
 
     with torch.inference_mode():
         score_prompts(model, tok, sample[:1], batch_size=1)  # warm-up (allocations, lazy init)
@@ -172,6 +178,7 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
         score_prompts(model, tok, sample[:n], batch_size=n)
         dt = time.perf_counter() - t0
     fwd = dt / sum(len(encode(tok, p)) for p in sample[:n])
+    lap("scoring")
 
     from xlalign.evaluation.probing import hidden_states
 
@@ -181,12 +188,14 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
         hidden_states(model, tok, sample[:n], range(n_layers + 1), batch_size=n, progress=False)
         dt = time.perf_counter() - t0
     probe = dt / sum(len(encode(tok, p)) for p in sample[:n])
+    lap("probe hidden states")
     calm_prompts = _calm_prompts(profile, tok)
     calm_tokens = (
         float(statistics.mean(len(encode(tok, p)) for p in calm_prompts))
         if calm_prompts
         else float(CALM_PROMPT_TOKENS)
     )
+    lap("CALM items")
     # Decoding at the chain's shapes, through the chain's own loops: CALM's prompts (probe prompts
     # where its task cannot be read), its sampler's rows and its evaluation's batch.
     dec_prompts = calm_prompts or sample
@@ -204,6 +213,7 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
             progress=False,
         )
     )
+    lap("CALM sampling")
     decode_batch = max(1, profile.eval.batch_size)
     decode = _decode_step_s(
         lambda n, lm=model: greedy_generate(
@@ -215,6 +225,7 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
             progress=False,
         )
     )
+    lap("greedy decoding")
 
     from peft import get_peft_model
 
@@ -234,8 +245,11 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
 
     padded = len(prompts2) * max(len(p) for p in prompts2)
     train = _timed(train_step) / (padded + sum(len(a) for a in completions))
+    lap("probe training step")
     save_s, adapter_load_s, model = _save_and_load_s(peft_model, tok)
+    lap("adapter save and load")
     calm_train, calm_ref = _calm_train_s(profile, model, tok, dec_prompts)
+    lap("CALM training step")
     del peft_model, model
     import gc
 
@@ -245,6 +259,7 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
     t0 = time.perf_counter()
     model, _ = load_model(profile)
     load_s = min(load_s, time.perf_counter() - t0)
+    lap("second model load")
     del model
     gc.collect()
     if torch.cuda.is_available():
@@ -273,6 +288,7 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
         calm_prompt_tokens=calm_tokens,
         probe_s_per_token=probe,
         measured_s=round(time.perf_counter() - t_all, 2),
+        parts_s=lap.parts,
         measured_at=time.time(),
         host=_host(),
     )
@@ -282,6 +298,19 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
     except OSError:
         pass  # a read-only cache only costs a new measurement next time
     return th
+
+
+class _Laps:
+    """Seconds between successive calls, by name: what each part of ``measure`` cost."""
+
+    def __init__(self):
+        self.parts: dict[str, float] = {}
+        self.t = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.parts[name] = round(self.parts.get(name, 0.0) + now - self.t, 2)
+        self.t = now
 
 
 def _timed(fn, repeat: int = 2) -> float:
@@ -515,8 +544,10 @@ def run_seconds(run: ModelRun, th: Throughput, scored: set | None = None) -> flo
         saved = (1 - share) * _tokens(again, th) * th.forward_s_per_token
         if scored is not None:
             scored.update(_row_key(r) for r in seen)
-        # TRL tokenizes the whole training set (prompt, chosen, rejected) before the first step.
-        prep = 3 * len(run.pairs) * th.tokenize_s_per_row
+        # TRL tokenizes the whole training set before the first step: ORPO's tokenize_row (TRL 1.16)
+        # encodes the prompt, then prompt + answer and the prompt again for each answer (5 tokenizer
+        # calls a pair, counted in a profiled run: 6,720 for 1,344 pairs); DPO prompt, chosen, rejected.
+        prep = TRL_ENCODES_PER_PAIR.get(t.method, 3) * len(run.pairs) * th.tokenize_s_per_row
         s = th.load_s + TRAIN_SETUP_S + prep + (prompt_tok + answers) * th.train_s_per_token - saved
         s += _saves(t.save_steps, run.steps) * th.save_s
         if t.method == "dpo":  # the reference model's forward (adapters disabled)

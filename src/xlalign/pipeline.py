@@ -125,11 +125,14 @@ def up_front_estimate(profile: Profile, run: Run, only: list[str] | None = None)
         for nb in estimates
         if steps.get(f"notebook/{nb}", {}).get("status") == "ok"
     }
-    print(
-        f"[xlalign] measured {th.model} ({th.dtype}, {th.device}) in "
-        f"{time.perf_counter() - t0:.0f} s; expected wall time:",
-        flush=True,
-    )
+    took = time.perf_counter() - t0
+    print(f"[xlalign] measured {th.model} ({th.dtype}, {th.device}) in {took:.0f} s", flush=True)
+    if th.parts_s and took > 1:  # a fresh measurement, not one read back from the cache
+        top = sorted(th.parts_s.items(), key=lambda kv: -kv[1])[:4]
+        print(
+            "[xlalign]   longest parts: " + ", ".join(f"{k} {v:.0f} s" for k, v in top), flush=True
+        )
+    print("[xlalign] expected wall time:", flush=True)
     for line in chain_lines(estimates, done):
         print(f"[xlalign] {line}", flush=True)
     record = {

@@ -23,6 +23,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO lives in trl.expe
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
 
 from xlalign.lm import positions  # noqa: E402
+from xlalign.training.fingerprint import register_tokenizer_hash  # noqa: E402
 from xlalign.training.frozen_cache import attach  # noqa: E402
 from xlalign.training.sampling import (  # noqa: E402
     BATCHINGS,
@@ -217,6 +218,9 @@ class GroupedTrainingMixin:
     """Override the sampler, check and log every micro-batch; shared by the DPO, ORPO and SFT trainers."""
 
     def __init__(self, *args, **kwargs):
+        # TRL's Dataset.map calls fingerprint the tokenizer: by its Rust serialization's sha256, not
+        # entry by entry (xlalign.training.fingerprint; seconds per hash for a 262k vocabulary)
+        register_tokenizer_hash(kwargs.get("processing_class"))
         super().__init__(*args, **kwargs)
         # Grouping columns travel beside the batch, and every log line goes to train_log.jsonl.
         self.data_collator = MetaCollator(self.data_collator)
