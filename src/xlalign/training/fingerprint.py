@@ -27,10 +27,16 @@ import hashlib
 REPLACED = ("_tokenizer", "_vocab", "_merges")
 
 
+def _backend(tok):
+    """The Rust tokenizer behind ``tok``, or None."""
+    backend = getattr(tok, "_tokenizer", None)
+    return backend if hasattr(backend, "to_str") else None
+
+
 def backend_digest(tok) -> str | None:
     """sha256 of the Rust tokenizer's JSON with truncation and padding off; None without one."""
-    backend = getattr(tok, "_tokenizer", None)
-    if backend is None or not hasattr(backend, "to_str"):
+    backend = _backend(tok)
+    if backend is None:
         return None
     truncation, padding = getattr(backend, "truncation", None), getattr(backend, "padding", None)
     try:
@@ -61,7 +67,7 @@ def _save_tokenizer(pickler, obj):
 def register_tokenizer_hash(tok) -> bool:
     """Hash ``tok``'s class with ``_save_tokenizer`` in ``datasets`` fingerprints (idempotent). False
     (nothing registered) where the tokenizer has no Rust backend or ``datasets`` lacks the registry."""
-    if tok is None or backend_digest(tok) is None:
+    if _backend(tok) is None:  # checked without serializing it (a second per call for Gemma-3)
         return False
     try:
         from datasets.utils._dill import Pickler
