@@ -389,9 +389,21 @@ def test_real_sampler_shapes_and_counts(tiny_model_and_tokenizer):
     assert stats.prefill_rows == 4 and stats.samples == 8 and dropped == []
 
 
-def test_full_chain_on_the_tiny_model(tiny_profile, tmp_path, tiny_model_and_tokenizer):
+def test_full_chain_on_the_tiny_model(
+    tiny_profile, tmp_path, tiny_model_and_tokenizer, monkeypatch
+):
     """sample (injected texts) -> vote -> pairs -> CALM DPO, SFT, GT-DPO, GT-SFT, Table 10 -> eval."""
+    import xlalign.calm.pipeline as calm_pipeline
+
     model, tok = tiny_model_and_tokenizer
+    eval_batches = []
+
+    def predict(*args, **kwargs):  # the evaluation's own batch size, then the real prediction
+        eval_batches.append(args[6])
+        return real_predict(*args, **kwargs)
+
+    real_predict = calm_pipeline.predict
+    monkeypatch.setattr(calm_pipeline, "predict", predict)
     langs = ["en", "fr"]
     profile = replace(
         tiny_profile,
@@ -401,7 +413,7 @@ def test_full_chain_on_the_tiny_model(tiny_profile, tmp_path, tiny_model_and_tok
                 CalmSection().train, max_steps=1, learning_rate=1e-3, max_length=2048,
                 warmup_ratio=0.0,
             ),
-            sft_learning_rate=1e-3, incremental=True,
+            sft_learning_rate=1e-3, incremental=True, eval_batch_size=5,
             lora=LoraSection(r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"]),
         ),
     )  # fmt: skip
@@ -439,6 +451,7 @@ def test_full_chain_on_the_tiny_model(tiny_profile, tmp_path, tiny_model_and_tok
 
     by_lang = {lang: [i for i in items if i.lang == lang] for lang in langs}  # load_xcsqa's shape
     res = run_calm(profile, tmp_path, model=model, tokenizer=tok, items=by_lang, sampler=sampler)
+    assert eval_batches and set(eval_batches) == {5}  # calm.eval_batch_size, not eval.batch_size
 
     out = tmp_path / "calm"
     for name in (

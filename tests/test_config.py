@@ -261,6 +261,7 @@ REJECTED = [
     ("calm.top_p=0", "calm.top_p=0.0 must be in (0, 1]"),
     ("calm.max_new_tokens=0", "calm.max_new_tokens=0 must be >= 1"),
     ("calm.sample_batch_size=0", "calm.sample_batch_size=0 must be >= 1"),
+    ("calm.eval_batch_size=-1", "calm.eval_batch_size=-1 must be >= 0"),
     ("calm.max_questions=-1", "calm.max_questions=-1 must be >= 0"),
     ('calm.translator="hf:"', "calm.translator='hf:' is not allowed; choose one of self"),
     ("calm.sft_learning_rate=0", "calm.sft_learning_rate=0.0 must be > 0"),

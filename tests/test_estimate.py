@@ -21,7 +21,7 @@ from xlalign.estimate import (
     notebook_seconds,
     run_seconds,
 )
-from xlalign.plan import ModelRun, NotebookPlan, plan_chain
+from xlalign.plan import ModelRun, NotebookPlan, plan_chain, plan_notebook
 
 
 def _th(**kw) -> Throughput:
@@ -151,6 +151,18 @@ def test_the_probe_and_the_report_build(tiny_profile):
     assert notebook_seconds(report, _th()) == pytest.approx(5.0 + KERNEL_START_S + REPORT_BUILD_S)
 
 
+def test_data_steps_count_their_tokenizer_loads(tiny_profile):
+    nb = NotebookPlan("01_x", tokenizer_loads=2)
+    base = notebook_seconds(NotebookPlan("01_x"), _th(tokenizer_load_s=1.5))
+    assert notebook_seconds(nb, _th(tokenizer_load_s=1.5)) == pytest.approx(base + 2 * 1.5)
+    # in the chain: 01 and 03 load one for their data, 05 one more for the machine-translated data;
+    # 06 reuses 03's arm, so it loads none (run alone it trains the arm and loads one)
+    loads = {nb.notebook[:2]: nb.tokenizer_loads for nb in plan_chain(tiny_profile)}
+    assert loads["01"] == 1 and loads["03"] == 1 and loads["05"] == 2
+    assert loads["00"] == 0 and loads["02"] == 0 and loads["06"] == 0
+    assert plan_notebook(tiny_profile, "06", alone=True).tokenizer_loads == 1
+
+
 def test_faster_measurements_give_proportionally_shorter_estimates(tiny_profile):
     plans = plan_chain(tiny_profile)
     slow = estimate_plan(plans, _th())
@@ -185,6 +197,7 @@ def test_measure_on_the_tiny_model_is_positive_and_cached(tiny_profile):
         "calm_ref_s_per_token",
         "save_s",
         "adapter_load_s",
+        "tokenizer_load_s",
     )
     for key in (*keys, *measured):
         value = getattr(th, key)
@@ -297,3 +310,20 @@ def test_training_counts_padding_and_reuses_the_other_arms_frozen_states(tiny_pr
     alone = run_seconds(ModelRun("train", "u", "m", steps=2, profile=unc, pairs=pairs), th)
     assert second == pytest.approx(alone - 0.75 * 800 * 0.001)
     assert first == pytest.approx(run_seconds(aligned, th))
+    # Trainers keep the states in memory: the next notebook's kernel recomputes them.
+    nb_a = NotebookPlan("03_x", runs=[aligned])
+    nb_u = NotebookPlan(
+        "05_x", runs=[ModelRun("train", "u", "m", steps=2, profile=unc, pairs=pairs)]
+    )
+    chain = estimate_plan([nb_a, nb_u], th)
+    assert chain["05_x"] == pytest.approx(notebook_seconds(nb_u, th), abs=0.05)
+    both = estimate_plan([NotebookPlan("03_x", runs=[aligned, nb_u.runs[0]])], th)
+    assert both["03_x"] == pytest.approx(chain["03_x"] + second, abs=0.1)
+
+
+def test_calm_evaluation_decodes_in_its_own_batches(tiny_profile):
+    def calm_eval_batches(p):
+        return {r.batch_size for nb in plan_chain(p) for r in nb.runs if r.kind == "calm-eval"}
+
+    assert calm_eval_batches(tiny_profile) == {tiny_profile.eval.batch_size}  # 0: the probe's
+    assert calm_eval_batches(derive(tiny_profile, calm={"eval_batch_size": 5})) == {5}

@@ -65,13 +65,14 @@ class Throughput:
     calm_prompt_tokens: float = CALM_PROMPT_TOKENS  # mean CALM prompt of the first task, measured
     probe_s_per_token: float = 0.0  # the frozen-feature probe's pass (every layer's hidden states)
     # CALM's decoding loops at its prompt length: one step of the sampler (sample_batch_size prompts x
-    # m rows, top-p) and of greedy evaluation (eval.batch_size rows); 0 where not measured
+    # m rows, top-p) and of greedy evaluation (calm.eval_batch_size rows); 0 where not measured
     sample_decode_s_per_step: float = 0.0
     greedy_decode_s_per_step: float = 0.0
     # CALM's LoRA (every layer) forward + backward, and the DPO reference model's forward (no
     # gradient), per token, each with every position's logits (``_calm_train_s``)
     calm_train_s_per_token: float = 0.0
     calm_ref_s_per_token: float = 0.0
+    tokenizer_load_s: float = 0.0  # ``load_tokenizer`` on its own (a data step's)
     save_s: float = 0.0  # one checkpoint: adapter, optimizer state and tokenizer files
     adapter_load_s: float = 0.0  # loading a saved adapter onto a loaded base model
     measured_s: float = 0.0  # how long the measurement took
@@ -92,8 +93,9 @@ def _host() -> str:
 
 def _cache_file(profile: Profile, dtype: str) -> Path:
     # v2: the measurement gained the CALM prompt length and the probe pass; v3: the trainer's and the
-    # samplers' own code paths at the chain's shapes, checkpoint saves and adapter loads
-    safe = f"{profile.model.name}-{dtype}-{_host()}-v3".replace("/", "_")
+    # samplers' own code paths at the chain's shapes, checkpoint saves and adapter loads; v4: a
+    # tokenizer load on its own
+    safe = f"{profile.model.name}-{dtype}-{_host()}-v4".replace("/", "_")
     return profile.cache_path / "throughput" / f"{safe}.json"
 
 
@@ -133,10 +135,11 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
     and host unless ``fresh``). ``startup``: also time a kernel's imports in a subprocess."""
     import torch
 
+    from xlalign.calm.variants import calm_eval_batch_size
     from xlalign.evaluation.scoring import score_prompts
     from xlalign.generation import greedy_generate, sample_shared_prefill
     from xlalign.lm import encode
-    from xlalign.models import dtype_record, load_model, lora_config
+    from xlalign.models import dtype_record, load_model, load_tokenizer, lora_config
     from xlalign.probe.build import render_prompt
     from xlalign.probe.dataset import build_probe_data
     from xlalign.training.shared_prompt import shared_prompt_logits, token_logps
@@ -155,6 +158,10 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
     lap("first model load")
     model.eval()
     fmt = profile.model.prompt_format
+    t0 = time.perf_counter()
+    load_tokenizer(profile)  # after the model load: its files are converted and on a warm disk
+    tokenizer_load_s = time.perf_counter() - t0
+    lap("tokenizer load")
 
     # Mean rendered prompt length per language, and the cost of tokenizing, on a sample.
     data = build_probe_data(profile)
@@ -214,17 +221,22 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
         )
     )
     lap("CALM sampling")
-    decode_batch = max(1, profile.eval.batch_size)
-    decode = _decode_step_s(
-        lambda n, lm=model: greedy_generate(
-            lm,
-            tok,
-            _cycle(dec_prompts, decode_batch),
-            n,
-            batch_size=decode_batch,
-            progress=False,
+
+    def greedy_step_s(rows: int, lm=model) -> float:
+        return _decode_step_s(
+            lambda n: greedy_generate(
+                lm, tok, _cycle(dec_prompts, rows), n, batch_size=rows, progress=False
+            )
         )
-    )
+
+    # CALM's evaluation decodes calm.eval_batch_size rows a step; the probe's generation mode (not the
+    # cpu profile's) eval.batch_size rows, timed on its own only where that differs.
+    decode_batch = max(1, profile.eval.batch_size)
+    calm_batch = max(1, calm_eval_batch_size(profile))
+    greedy = greedy_step_s(calm_batch)
+    decode = greedy
+    if calm_batch != decode_batch and profile.eval.mode == "generation":
+        decode = greedy_step_s(decode_batch)
     lap("greedy decoding")
 
     from peft import get_peft_model
@@ -275,9 +287,10 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
         decode_s_per_step=decode,
         decode_batch=decode_batch,
         sample_decode_s_per_step=sampled,
-        greedy_decode_s_per_step=decode,
+        greedy_decode_s_per_step=greedy,
         calm_train_s_per_token=calm_train,
         calm_ref_s_per_token=calm_ref,
+        tokenizer_load_s=round(tokenizer_load_s, 3),
         save_s=round(save_s, 3),
         adapter_load_s=round(adapter_load_s, 3),
         startup_s=round(startup_s, 3),
@@ -323,9 +336,10 @@ def _timed(fn, repeat: int = 2) -> float:
     return dt
 
 
-def _decode_step_s(run, short: int = 1, long: int = 5) -> float:
+def _decode_step_s(run, short: int = 1, long: int = 16) -> float:
     """One decoding step of ``run(max_new_tokens)``: the difference of a long and a short run (the
-    prefill cancels), after a warm-up."""
+    prefill cancels), after a warm-up. Over 15 steps: a 1-to-5-token difference measured 0.066 s a
+    greedy step at batch 8 where 48-token decoding ran 0.14-0.16 s a step (fp32, AVX-512)."""
     import torch
 
     with torch.inference_mode():
@@ -504,10 +518,14 @@ def _row_key(row: dict) -> str:
     return str(row.get("prompt", row.get("sample_id", id(row))))
 
 
-def run_seconds(run: ModelRun, th: Throughput, scored: set | None = None) -> float:
+def run_seconds(
+    run: ModelRun, th: Throughput, scored: set | None = None, trained: set | None = None
+) -> float:
     """Seconds for one planned run (0 when it reuses an earlier one). ``scored``: the prompts earlier
     evaluations of the same run directory scored; with ``train.reuse_frozen`` their frozen-layer
-    states are kept, so scoring them again runs the adapted layers only. Updated in place."""
+    states are kept (as files in the run directory), so scoring them again runs the adapted layers
+    only. ``trained``: the prompts earlier trainings of the same process (notebook) saw, whose states
+    the trainers keep in memory only; ``scored`` stands in where it is None. Both updated in place."""
     if run.reuses:
         return 0.0
     p = run.profile
@@ -537,13 +555,15 @@ def run_seconds(run: ModelRun, th: Throughput, scored: set | None = None) -> flo
         # One prompt encoding per pair (train.share_prompt), else chosen and rejected each in full.
         answers = 2 * th.answer_tokens * len(seen)
         prompt_tok = padded if t.share_prompt else 2 * padded
-        # With train.reuse_frozen, a prompt whose frozen-layer states an earlier run of this chain
-        # computed (an evaluation, or the other arm's training) skips those layers' forward.
+        # With train.reuse_frozen, a prompt whose frozen-layer states an earlier training of this
+        # process computed (notebook 03's other arm) skips those layers' forward; a new notebook's
+        # kernel starts with none (xlalign.training.run keeps them in memory).
         share = _reused_share(p, th)
-        again = [r for r in seen if _row_key(r) in scored] if scored is not None else []
+        memo = trained if trained is not None else scored
+        again = [r for r in seen if _row_key(r) in memo] if memo is not None else []
         saved = (1 - share) * _tokens(again, th) * th.forward_s_per_token
-        if scored is not None:
-            scored.update(_row_key(r) for r in seen)
+        if memo is not None:
+            memo.update(_row_key(r) for r in seen)
         # TRL tokenizes the whole training set before the first step: ORPO's tokenize_row (TRL 1.16)
         # encodes the prompt, then prompt + answer and the prompt again for each answer (5 tokenizer
         # calls a pair, counted in a profiled run: 6,720 for 1,344 pairs); DPO prompt, chosen, rejected.
@@ -599,12 +619,13 @@ def notebook_seconds(nb: NotebookPlan, th: Throughput, scored: set | None = None
     """A notebook's kernel start, its data steps and its runs. ``scored``: prompts scored earlier in
     the run (``run_seconds``); a fresh set when None, as for a notebook run on its own."""
     scored = set() if scored is None else scored
+    trained: set = set()  # a notebook is a kernel of its own: trainings share states within it only
     s = th.startup_s + KERNEL_START_S
     # Each data step tokenizes the probe rows it builds for its length checks.
-    s += nb.data_rows * th.tokenize_s_per_row
+    s += nb.data_rows * th.tokenize_s_per_row + nb.tokenizer_loads * th.tokenizer_load_s
     if nb.notebook.startswith("07"):
         s += REPORT_BUILD_S
-    return s + sum(run_seconds(r, th, scored) for r in nb.runs)
+    return s + sum(run_seconds(r, th, scored, trained) for r in nb.runs)
 
 
 def estimate_plan(plans: list[NotebookPlan], th: Throughput) -> dict[str, float]:

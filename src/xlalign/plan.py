@@ -85,6 +85,7 @@ class NotebookPlan:
     runs: list[ModelRun] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     data_rows: int = 0  # probe rows its data steps build and tokenize (preference + test rows)
+    tokenizer_loads: int = 0  # ``load_tokenizer`` calls outside model loads (its data steps)
 
     @property
     def launches(self) -> list[str]:
@@ -310,6 +311,7 @@ def _nb01(chain: _Chain, nb: NotebookPlan) -> None:
         )
     nb.datasets[-1] += f", languages {p.data.train_langs} + unseen {p.data.unseen_langs}"
     nb.notes.append("tokenizer only: counts and token lengths")
+    nb.tokenizer_loads += 1
 
 
 def _nb02(chain: _Chain, nb: NotebookPlan) -> None:
@@ -354,6 +356,7 @@ def _nb03(chain: _Chain, nb: NotebookPlan) -> None:
 
     p = chain.profile
     data = _dataset(chain, nb, p)
+    nb.tokenizer_loads += 1  # prepare_data's tokenizer
     langs = p.data.train_langs
     rows = subset(data.test_rows, langs, p.eval.compare_items, p.seed)
     for _key, (label, q) in arm_profiles(p).items():
@@ -396,6 +399,7 @@ def _calm_counts(p: Profile, task: str, nb: NotebookPlan) -> tuple[int | None, i
 
 def _nb04(chain: _Chain, nb: NotebookPlan) -> None:
     from xlalign.calm.items import task_eval_langs
+    from xlalign.calm.variants import calm_eval_batch_size
 
     p = chain.profile
     c = p.calm
@@ -444,7 +448,7 @@ def _nb04(chain: _Chain, nb: NotebookPlan) -> None:
                     f"{where}/predictions/{v}",
                     p.model.name,
                     items=None if n_test is None else n_test * len(eval_langs),
-                    batch_size=p.eval.batch_size,
+                    batch_size=calm_eval_batch_size(p),
                     new_tokens=c.max_new_tokens,
                     note=f"in {eval_langs}",
                     adapter=True if v != "base" else None,
@@ -472,6 +476,7 @@ def _nb05(chain: _Chain, nb: NotebookPlan) -> None:
         nb.runs += [tr, chain.evaluate(chain.adapter_label(tr), q, rows, langs, adapter=True)]
     p_al, runs = ablations.machine_translated_runs(p)
     mt_data = _dataset(chain, nb, p_al)
+    nb.tokenizer_loads += 2  # prepare_data's tokenizer, and the machine-translated data's
     nb.datasets.append(
         f"machine-translated training data for {p_al.data.mt_langs} ({p_al.data.translator})"
     )
@@ -494,6 +499,8 @@ def _nb06(chain: _Chain, nb: NotebookPlan) -> None:
     label, q = g.aligned_arm_profile(p)
     tr = chain.train(label, q, data)
     nb.runs.append(tr)
+    if not tr.reuses:  # trained here: generalization.aligned_arm loads a tokenizer for its data
+        nb.tokenizer_loads += 1
     langs = ["en", *p.data.unseen_langs]
     rows = subset(data.test_rows, langs, p.eval.max_items_per_lang, p.seed)
     nb.runs.append(

@@ -24,7 +24,13 @@ from xlalign.calm.items import (
     translate_items,
 )
 from xlalign.calm.pairs import build_pairs, ground_truth_pairs, gt_sft_rows, pair_counts, sft_rows
-from xlalign.calm.variants import _load_adapter, _train_variant, predict, score
+from xlalign.calm.variants import (
+    _load_adapter,
+    _train_variant,
+    calm_eval_batch_size,
+    predict,
+    score,
+)
 from xlalign.calm.vote import SamplerFn, render_prompts, sample_answers, vote_accuracy, vote_all
 from xlalign.config import Profile
 from xlalign.results import CalmRun
@@ -306,7 +312,7 @@ def _run_task(
             eval_langs,
             test_prompts,
             c.max_new_tokens,
-            profile.eval.batch_size,
+            calm_eval_batch_size(profile),
             decoding=c.eval_decoding,
             temperature=c.temperature,
             top_p=c.top_p,

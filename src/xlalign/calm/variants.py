@@ -44,6 +44,12 @@ def trainer_rows(rows: Sequence[dict], batching: str, columns: Sequence[str]) ->
     return out
 
 
+def calm_eval_batch_size(profile: Profile) -> int:
+    """Prompts per batch of CALM's evaluation decoding: ``calm.eval_batch_size``, else the probe's
+    ``eval.batch_size``."""
+    return profile.calm.eval_batch_size or profile.eval.batch_size
+
+
 def calm_train_profile(profile: Profile, method: str, batch_size: int) -> Profile:
     """The derived profile the shared trainer runs CALM with: ``calm.train`` and ``calm.lora`` (paper
     Table 5) as its train and lora sections, ``method`` and ``batch_size`` set; SFT trains at

@@ -251,6 +251,9 @@ class CalmSection:
     top_p: float = 0.9
     max_new_tokens: int = 512
     sample_batch_size: int = 8
+    # Prompts per batch of CALM's evaluation decoding (ours; 0: eval.batch_size, the probe's scoring
+    # batch). Decoding a few rows re-reads every weight each token, so it gains from more rows.
+    eval_batch_size: int = 0
     translator: str = "self"  # self | identity | fake | hf:<hub id>
     # CALM's own training section: the trainer runs CALM with it (and calm.lora), not with the
     # top-level train/lora; train.method and train.batch_size are set per variant and batch size.
@@ -285,6 +288,7 @@ class CalmSection:
             raise ConfigError(f"calm.top_p={self.top_p} must be in (0, 1]")
         _at_least(self.max_new_tokens, 1, "calm.max_new_tokens")
         _at_least(self.sample_batch_size, 1, "calm.sample_batch_size")
+        _at_least(self.eval_batch_size, 0, "calm.eval_batch_size")
         _translator(self.translator, "calm.translator", ("self", "identity", "fake"))
         self.train.validate("calm.train")
         if self.train.batching != "clustered":
