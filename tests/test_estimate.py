@@ -88,7 +88,14 @@ def test_calm_runs_use_the_measured_prompt_length_and_the_probe_its_own_pass(tin
     # unmeasured CALM costs fall back to the probe trainer's
     assert run_seconds(sft, th) == pytest.approx(2.0 + TRAIN_SETUP_S + 3 * 2 * 320 * 0.003)
     dpo = ModelRun("calm-train", "d", "m", method="dpo", batch_size=2, steps=3, profile=p)
-    # chosen and rejected each with its prompt, trained and passed through the reference
+    # chosen and rejected after one encoding of their prompt, trained and passed through the reference
+    assert p.calm.train.share_prompt
+    assert run_seconds(dpo, th) == pytest.approx(
+        2.0 + TRAIN_SETUP_S + 3 * 2 * (300 + 2 * 20) * (0.003 + 0.001)
+    )
+    # each with its own prompt where the prompt is not shared
+    unshared = derive(p, calm={"train": {"share_prompt": False}})
+    dpo = ModelRun("calm-train", "d", "m", method="dpo", batch_size=2, steps=3, profile=unshared)
     assert run_seconds(dpo, th) == pytest.approx(
         2.0 + TRAIN_SETUP_S + 3 * 2 * 2 * 320 * (0.003 + 0.001)
     )
@@ -113,7 +120,7 @@ def test_calm_runs_use_their_own_measured_costs(tiny_profile):
     dpo = ModelRun("calm-train", "d", "m", method="dpo", batch_size=1, steps=5, profile=p)
     saves = 5 // 2 + 1  # steps 2 and 4, and the final adapter
     assert run_seconds(dpo, th) == pytest.approx(
-        2.0 + TRAIN_SETUP_S + saves * 0.5 + 5 * 2 * 320 * (0.006 + 0.002)
+        2.0 + TRAIN_SETUP_S + saves * 0.5 + 5 * (300 + 2 * 20) * (0.006 + 0.002)
     )
     # 12 samples = 6 prompts x m = 2; 4 prompts per batch: 2 batches of 20 steps
     sample = ModelRun("calm-sample", "s", "m", items=12, batch_size=4, new_tokens=20, profile=p)
