@@ -334,3 +334,23 @@ def test_calm_evaluation_decodes_in_its_own_batches(tiny_profile):
 
     assert calm_eval_batches(tiny_profile) == {tiny_profile.eval.batch_size}  # 0: the probe's
     assert calm_eval_batches(derive(tiny_profile, calm={"eval_batch_size": 5})) == {5}
+
+
+def test_benchmarks_count_each_tasks_requests(tiny_profile):
+    from xlalign.estimate import BENCH_SETUP_S, BENCH_TOKENS_PER_REQUEST
+    from xlalign.evaluation.benchmarks import requests_per_item
+
+    assert [requests_per_item(t) for t in ("xl_local_mc_en", "xl_local_lambada_es", "paws_de")] == [
+        4,
+        1,
+        2,
+    ]
+    run = ModelRun("benchmark", "lm-eval/x", "m", items=16, requests=40, profile=tiny_profile)
+    want = 2.0 + BENCH_SETUP_S + 40 * BENCH_TOKENS_PER_REQUEST * 0.001
+    assert run_seconds(run, _th()) == pytest.approx(want)
+    # the plan's stand-in runs, 3 items a task: the multiple-choice task's 4 choices, LAMBADA's 1
+    p = derive(tiny_profile, experiments={"benchmark_limit": 3})
+    plan = next(nb for nb in plan_chain(p) if nb.notebook.startswith("06"))
+    runs = [r for r in plan.runs if r.kind == "benchmark"]
+    assert " ".join(plan.benchmarks).count("xl_local_") == 2, plan.benchmarks
+    assert runs and all(r.requests == 3 * (4 + 1) for r in runs)

@@ -32,7 +32,7 @@ TRL_ENCODES_PER_PAIR = {"orpo": 5, "dpo": 3}  # tokenizer calls per preference p
 TRAIN_SETUP_S = 4.0  # TRL trainer construction, dataset mapping, adapter save
 BENCH_SETUP_S = 6.0  # lm-eval task building per benchmark run
 BENCH_TOKENS_PER_REQUEST = 96  # local stand-in tasks: a short context + one choice
-BENCH_REQUESTS_PER_ITEM = 4  # multiple choice: one log-likelihood request per option
+BENCH_REQUESTS_PER_ITEM = 4  # where the plan counted no requests: one per option of 4
 # A CALM prompt's tokens where the task's items cannot be read (a hub task offline).
 CALM_PROMPT_TOKENS = 160
 # CALM's training cost is timed on one sequence of at most this many tokens (a prompt + completion).
@@ -613,7 +613,9 @@ def run_seconds(
             + steps * per_step
         )
     if run.kind == "benchmark":
-        requests = (run.items or 0) * BENCH_REQUESTS_PER_ITEM
+        requests = (
+            run.requests if run.requests is not None else (run.items or 0) * BENCH_REQUESTS_PER_ITEM
+        )
         return (
             th.load_s + BENCH_SETUP_S + requests * BENCH_TOKENS_PER_REQUEST * th.forward_s_per_token
         )

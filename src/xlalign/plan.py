@@ -40,6 +40,7 @@ class ModelRun:
     batch_size: int | None = None
     steps: int | None = None
     new_tokens: int | None = None
+    requests: int | None = None  # a benchmark run's log-likelihood requests (items x choices)
     launch: str = IN_PROCESS
     reuses: str | None = None
     note: str = ""
@@ -526,6 +527,9 @@ def _nb06(chain: _Chain, nb: NotebookPlan) -> None:
                 f"lm-eval/{block}",
                 p.model.name,
                 items=None if limit is None else limit * len(tasks),
+                requests=None
+                if limit is None
+                else sum(limit * benchmarks.requests_per_item(t) for t in tasks),
                 note=f"{len(tasks)} lm-eval tasks, "
                 + ("all items" if limit is None else f"{limit} per task"),
                 profile=p,

@@ -100,6 +100,18 @@ LOCAL_TASKS: dict[str, dict[str, tuple[str, ...]]] = {
 STAND_IN_NOTE = "local stand-in (invented items in lm-eval's format, run offline); not MMMLU/MGSM/PAWS-X/LAMBADA"
 
 
+def requests_per_item(task: str) -> int:
+    """Log-likelihood requests lm-eval sends per item of ``task``, for the up-front estimate: one per
+    choice of a multiple-choice task (PAWS-X 2, MMMLU and its stand-in 4), one for LAMBADA's target
+    word (its accuracy and perplexity share it) and for a generated MGSM answer (its decoding is not
+    counted)."""
+    if "lambada" in task or task.startswith("mgsm"):
+        return 1
+    if task.startswith("paws"):
+        return 2
+    return 4
+
+
 def is_stand_in(benchmark: str) -> bool:
     """True for the shipped offline tasks (LOCAL_TASKS), which stand in for the papers' benchmarks."""
     return benchmark in LOCAL_TASKS
