@@ -223,6 +223,33 @@ def test_auto_is_bf16_on_a_cpu_with_native_bf16(monkeypatch, capability, flags, 
     assert dtype == torch.bfloat16 and "natively" in reason and why in reason
 
 
+@pytest.mark.parametrize("variable", ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"])
+@pytest.mark.parametrize(
+    ("cap", "native"),
+    [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", True), ("ALL", True)],
+)
+def test_auto_follows_a_onednn_isa_cap(monkeypatch, variable, cap, native):
+    # A CPU with AVX-512-BF16 whose oneDNN is capped below bf16 multiplies bf16 like an AVX2 CPU.
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv(variable, cap)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(models, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    dtype, reason = models.resolve_dtype("auto", "cpu")
+    assert dtype == (torch.bfloat16 if native else torch.float32)
+    if not native:
+        assert f"{variable}={cap.upper()}" in reason
+
+
+def test_the_throughput_cache_is_kept_apart_per_isa_cap(monkeypatch):
+    from xlalign import estimate
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    plain = estimate._host()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert estimate._host() != plain and "ONEDNN_MAX_CPU_ISA=AVX2" in estimate._host()
+
+
 def test_auto_is_fp32_on_an_avx2_cpu(avx2_cpu):
     dtype, reason = models.resolve_dtype("auto", "cpu")
     assert dtype == torch.float32

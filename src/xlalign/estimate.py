@@ -85,10 +85,18 @@ class Throughput:
 
 
 def _host() -> str:
-    """The machine and the threads torch computes with (a 1-thread measurement is not a 2-thread one)."""
+    """The machine, the threads torch computes with (a 1-thread measurement is not a 2-thread one) and
+    the instruction sets its kernels may use (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA`` and
+    ``MKL_ENABLE_INSTRUCTIONS`` change them, and so the speed)."""
     import torch
 
-    return f"{platform.node()}/{os.cpu_count()}cpu/{torch.get_num_threads()}t"
+    capped = [
+        f"{name}={os.environ[name].strip().upper()}"
+        for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+        if os.environ.get(name, "").strip()
+    ]
+    isa = "+".join([str(torch.backends.cpu.get_cpu_capability()), *capped])
+    return f"{platform.node()}/{os.cpu_count()}cpu/{torch.get_num_threads()}t/{isa}"
 
 
 def _cache_file(profile: Profile, dtype: str) -> Path:
