@@ -71,6 +71,25 @@ def test_steps_recorded_by_another_process_survive(tmp_path):
     assert steps["train/orpo-aligned"] == {"wall_time_s": 12.0}
 
 
+def test_a_stale_copy_of_a_step_never_replaces_the_newer_record(tmp_path):
+    """Measured in a chain: notebook 02's kernel recorded eval/baseline (110 items), 03's recorded it
+    again (280), and the pipeline's Run, holding 02's copy, put the 110-item record back."""
+    profile = load_profile("smoke")
+    pipeline = start_run(profile, tmp_path / "run")
+    nb02 = start_run(profile, tmp_path / "run", resume=True)
+    nb02.step("eval/base", items=110, wall_time_s=49.1)
+    pipeline.step("notebook/02_baseline_gap", status="ok")  # the pipeline now holds 02's copy
+    nb03 = start_run(profile, tmp_path / "run", resume=True)
+    nb03.step("eval/base", items=280, wall_time_s=70.0)
+    pipeline.step("notebook/03_batch_alignment", status="ok")
+    pipeline.finish("ok")
+    steps = json.loads((tmp_path / "run" / "run.json").read_text())["steps"]
+    assert steps["eval/base"]["items"] == 280
+    assert steps["eval/base"]["earlier"] == [{"items": 110, "wall_time_s": 49.1}]
+    assert set(steps) == {"eval/base", "notebook/02_baseline_gap", "notebook/03_batch_alignment"}
+    assert pipeline.record["steps"]["eval/base"]["items"] == 280
+
+
 _HOLD = """
 import sys
 from xlalign.config import load_profile

@@ -22,6 +22,7 @@ Two kinds of process are let in without the lock:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import math
 import os
@@ -240,30 +241,57 @@ class Run:
         """Write ``run.json``, keeping the steps other processes recorded meanwhile.
 
         ``make reproduce`` holds one ``Run`` while each notebook's kernel opens its own and records its
-        training and evaluation steps; a plain rewrite from memory would drop them. Steps are merged
-        under a file lock (this object's entries win for the names it recorded itself)."""
-        import fcntl
-
-        target = self.path / "run.json"
-        with (self.path / ".run.json.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if target.exists():
-                try:
-                    disk = json.loads(target.read_text())
-                except ValueError:
-                    disk = {}
-                steps = dict(disk.get("steps") or {})
-                steps.update(self.record.get("steps") or {})
-                if steps:
-                    self.record["steps"] = steps
-            tmp = self.path / "run.json.tmp"
-            tmp.write_text(json.dumps(self.record, indent=2, default=str))
-            tmp.replace(target)
+        training and evaluation steps. Steps are written only by ``step``, each under the file lock
+        against what is on disk then, so the file is their truth: a rewrite from memory keeps the
+        disk's steps, and this object's stale copies of other processes' steps never replace them."""
+        with self._locked():
+            self._merge_steps(self._disk_steps())
+            self._write()
 
     def step(self, name: str, **info: Any) -> None:
-        """Record one step (a notebook, a training run) with its own times and details."""
-        self.record.setdefault("steps", {})[name] = redact(info)
-        self.save()
+        """Record one step (a notebook, a training run) with its own times and details.
+
+        A name recorded before (a label evaluated again on more items by a later notebook, a step
+        rerun after a kill) keeps its earlier records, oldest first, under ``earlier``."""
+        entry = redact(info)
+        with self._locked():
+            steps = self._disk_steps()
+            self._merge_steps(steps)
+            previous = steps.get(name)
+            if previous:
+                previous = dict(previous)
+                entry["earlier"] = [*previous.pop("earlier", []), previous]
+            steps[name] = entry
+            self.record["steps"] = steps
+            self._write()
+
+    @contextlib.contextmanager
+    def _locked(self):
+        import fcntl
+
+        with (self.path / ".run.json.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _disk_steps(self) -> dict:
+        target = self.path / "run.json"
+        if not target.exists():
+            return {}
+        try:
+            return dict(json.loads(target.read_text()).get("steps") or {})
+        except ValueError:
+            return {}
+
+    def _merge_steps(self, disk: dict) -> None:
+        # Disk entries win; entries only in memory (a Run whose file was not yet written) are kept.
+        steps = {**(self.record.get("steps") or {}), **disk}
+        if steps:
+            self.record["steps"] = steps
+
+    def _write(self) -> None:
+        tmp = self.path / "run.json.tmp"
+        tmp.write_text(json.dumps(self.record, indent=2, default=str))
+        tmp.replace(self.path / "run.json")
 
     def finish(self, status: str = "ok", error: str | None = None, **extra: Any) -> None:
         """Mark the run ``ok`` or ``failed`` (with ``error``, the message) and release its lock."""
