@@ -69,7 +69,12 @@ def test_local_directory_and_hub_ids_resolve(tmp_path):
 
 
 def test_missing_hub_model_offline_says_how_to_provide_it(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable once, at import; imported earlier in the session (as by any
+    # test that loads a model first), it would try the network and time out (46 s measured).
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     profile = Profile(cache_dir=str(tmp_path), model=ModelSection(name="llama-3-8b-instruct"))
     with pytest.raises(
