@@ -90,11 +90,13 @@ def _host() -> str:
     ``MKL_ENABLE_INSTRUCTIONS`` change them, and so the speed)."""
     import torch
 
-    capped = [
-        f"{name}={os.environ[name].strip().upper()}"
-        for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
-        if os.environ.get(name, "").strip()
-    ]
+    from xlalign.models import onednn_isa_cap
+
+    onednn = onednn_isa_cap()
+    mkl = os.environ.get("MKL_ENABLE_INSTRUCTIONS", "").strip().upper()
+    capped = ([f"{onednn[0]}={onednn[1]}"] if onednn else []) + (
+        [f"MKL_ENABLE_INSTRUCTIONS={mkl}"] if mkl else []
+    )
     isa = "+".join([str(torch.backends.cpu.get_cpu_capability()), *capped])
     return f"{platform.node()}/{os.cpu_count()}cpu/{torch.get_num_threads()}t/{isa}"
 

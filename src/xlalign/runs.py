@@ -255,14 +255,13 @@ class Run:
         rerun after a kill) keeps its earlier records, oldest first, under ``earlier``."""
         entry = redact(info)
         with self._locked():
-            steps = self._disk_steps()
-            self._merge_steps(steps)
+            self._merge_steps(self._disk_steps())
+            steps = self.record.setdefault("steps", {})
             previous = steps.get(name)
             if previous:
                 previous = dict(previous)
                 entry["earlier"] = [*previous.pop("earlier", []), previous]
             steps[name] = entry
-            self.record["steps"] = steps
             self._write()
 
     @contextlib.contextmanager
