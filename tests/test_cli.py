@@ -142,3 +142,21 @@ def test_a_library_value_error_keeps_its_traceback_and_fails_the_run(
         main(["build-data", *smoke_args])
     record = _record(tmp_path / "run")
     assert record["status"] == "failed" and "invalid literal" in record["error"]
+
+
+def test_reproduce_runs_in_the_given_run_dir_and_resumes_it(tmp_path, monkeypatch, capsys):
+    """`reproduce --run-dir` was accepted and ignored: the notebooks ran in a new runs/<id>."""
+    import xlalign.pipeline as pipeline
+
+    ran = []
+    monkeypatch.setattr(
+        pipeline, "run_notebooks", lambda profile, run, only, overrides: ran.append(run.path) or {}
+    )
+    run_dir = tmp_path / "mine"
+    args = ["reproduce", "--profile", "smoke", "--no-estimate", "--run-dir", str(run_dir)]
+    assert main(args) == 0
+    assert ran == [run_dir] and _record(run_dir)["status"] == "ok"
+    assert main(args) == 0  # the same directory again: resumed, not refused
+    assert ran == [run_dir, run_dir]
+    assert main([*args, "--run-id", "other"]) == 2
+    assert "not both" in _one_line_error(capsys)

@@ -126,6 +126,7 @@ def cmd_reproduce(args) -> None:
     reproduce(
         profile,
         run_id=args.run_id,
+        run_dir=args.run_dir,
         only=args.only,
         overrides=args.overrides,
         estimate=not args.no_estimate,

@@ -151,11 +151,22 @@ def reproduce(
     only: list[str] | None = None,
     overrides: list[str] = (),
     estimate: bool = True,
+    run_dir: str | Path | None = None,
 ) -> Run:
     """``make reproduce``: one run directory, every notebook, the report last; first, with
-    ``estimate``, the expected wall time per notebook (``up_front_estimate``)."""
-    run_dir = Path(profile.run_root) / run_id if run_id else None
-    resume = bool(run_id) and (REPO_ROOT / profile.run_root / run_id / "run.json").exists()
+    ``estimate``, the expected wall time per notebook (``up_front_estimate``).
+
+    The directory is ``runs/<run_id>`` or ``run_dir`` (any path; not both), else a new one; a
+    directory that holds a ``run.json`` is resumed."""
+    if run_id and run_dir:
+        raise ValueError(f"give run_id ({run_id!r}) or run_dir ({str(run_dir)!r}), not both")
+    if run_id:
+        run_dir = Path(profile.run_root) / run_id
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        if not run_dir.is_absolute():
+            run_dir = REPO_ROOT / run_dir
+    resume = run_dir is not None and (run_dir / "run.json").exists()
     run = start_run(profile, run_dir, label="reproduce", resume=resume)
     print(f"[xlalign] run directory: {run.path}", flush=True)
     try:
