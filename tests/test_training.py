@@ -897,3 +897,59 @@ def test_cpu_training_returns_freed_heap_pages_after_every_step(orpo_pair):
     assert ReleaseFreedMemoryCallback not in [type(cb) for cb in stock.callback_handler.callbacks]
     if platform.libc_ver()[0] == "glibc":
         assert release_freed_memory() is True
+
+
+def test_a_later_process_trains_on_the_frozen_states_an_earlier_one_kept(
+    tiny_profile, tiny_pref_rows, tmp_path, monkeypatch
+):
+    """``frozen_cache_dir``: notebook 05's kernel reads the states notebook 03's trainings computed
+    instead of recomputing them, and trains to the same losses."""
+    from xlalign.training import frozen_cache as fc
+
+    profile = derive(
+        with_train(
+            tiny_profile,
+            method="orpo",
+            max_steps=2,
+            reuse_frozen=True,
+            share_prompt=True,
+            orpo_nll_scope="completion",
+        ),
+        lora={"top_layers": 1},
+    )
+    cache = tmp_path / "frozen-train"
+    losses, stores = [], []
+    for name in ("first", "second"):
+        monkeypatch.setattr(fc, "_REGISTRY", {})  # a new process: no store in memory
+        result = train_preference(profile, tiny_pref_rows, tmp_path / name, frozen_cache_dir=cache)
+        (store,) = fc._REGISTRY.values()
+        stores.append(store)
+        losses.append([e["loss"] for e in read_jsonl(result.train_log) if "loss" in e])
+    first, second = stores
+    assert (
+        first.directory.parent == cache and first.misses > 0 and any(cache.rglob("*.safetensors"))
+    )
+    assert second.misses == 0 and second.hits >= first.misses  # every state read back from disk
+    assert losses[1] == pytest.approx(losses[0], abs=1e-6) and len(losses[0]) == 2
+
+
+def test_a_run_keeps_its_trainings_frozen_states_apart_from_its_evaluations(tmp_path, monkeypatch):
+    """Evaluations make their states under inference mode; a training in the same process must not
+    take those tensors from memory (autograd refuses them), so trainings keep their own directory."""
+    from xlalign.config import load_profile
+    from xlalign.experiments import steps
+    from xlalign.runs import start_run
+    from xlalign.training import run as train_run
+
+    seen = {}
+
+    def fake(profile, dataset, out, resume=False, frozen_cache_dir=None, **kw):
+        seen["dir"] = frozen_cache_dir
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(train_run, "train_preference", fake)
+    run = start_run(load_profile("smoke"), tmp_path / "run")
+    data = SimpleNamespace(train_dataset=lambda: [])
+    with pytest.raises(RuntimeError, match="stop here"):
+        steps.train(load_profile("smoke"), run, "orpo-aligned", data)
+    assert seen["dir"] == run.path / "cache" / "frozen-train" == steps.train_cache_dir(run)

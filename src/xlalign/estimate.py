@@ -536,8 +536,8 @@ def run_seconds(
     """Seconds for one planned run (0 when it reuses an earlier one). ``scored``: the prompts earlier
     evaluations of the same run directory scored; with ``train.reuse_frozen`` their frozen-layer
     states are kept (as files in the run directory), so scoring them again runs the adapted layers
-    only. ``trained``: the prompts earlier trainings of the same process (notebook) saw, whose states
-    the trainers keep in memory only; ``scored`` stands in where it is None. Both updated in place."""
+    only. ``trained``: the prompts earlier trainings of the same run saw, whose states the trainers
+    keep in the run directory too; ``scored`` stands in where it is None. Both updated in place."""
     if run.reuses:
         return 0.0
     p = run.profile
@@ -568,8 +568,8 @@ def run_seconds(
         answers = 2 * th.answer_tokens * len(seen)
         prompt_tok = padded if t.share_prompt else 2 * padded
         # With train.reuse_frozen, a prompt whose frozen-layer states an earlier training of this
-        # process computed (notebook 03's other arm) skips those layers' forward; a new notebook's
-        # kernel starts with none (xlalign.training.run keeps them in memory).
+        # run computed (notebook 03's other arm, or 03's arms for notebook 05) skips those layers'
+        # forward: the trainers keep the states in <run>/cache/frozen (experiments.steps.train).
         share = _reused_share(p, th)
         memo = trained if trained is not None else scored
         again = [r for r in seen if _row_key(r) in memo] if memo is not None else []
@@ -632,11 +632,14 @@ def run_seconds(
     return 0.0
 
 
-def notebook_seconds(nb: NotebookPlan, th: Throughput, scored: set | None = None) -> float:
-    """A notebook's kernel start, its data steps and its runs. ``scored``: prompts scored earlier in
-    the run (``run_seconds``); a fresh set when None, as for a notebook run on its own."""
+def notebook_seconds(
+    nb: NotebookPlan, th: Throughput, scored: set | None = None, trained: set | None = None
+) -> float:
+    """A notebook's kernel start, its data steps and its runs. ``scored`` and ``trained``: prompts
+    scored and trained on earlier in the run (``run_seconds``); fresh sets when None, as for a
+    notebook run on its own."""
     scored = set() if scored is None else scored
-    trained: set = set()  # a notebook is a kernel of its own: trainings share states within it only
+    trained = set() if trained is None else trained
     s = th.startup_s + KERNEL_START_S
     # Each data step tokenizes the probe rows it builds for its length checks.
     s += nb.data_rows * th.tokenize_s_per_row + nb.tokenizer_loads * th.tokenizer_load_s
@@ -646,9 +649,11 @@ def notebook_seconds(nb: NotebookPlan, th: Throughput, scored: set | None = None
 
 
 def estimate_plan(plans: list[NotebookPlan], th: Throughput) -> dict[str, float]:
-    """Seconds per notebook of one chain: prompts scored by one notebook stay scored for the next."""
+    """Seconds per notebook of one chain: prompts scored or trained on by one notebook keep their
+    frozen-layer states for the next."""
     scored: set = set()
-    return {nb.notebook: round(notebook_seconds(nb, th, scored), 1) for nb in plans}
+    trained: set = set()
+    return {nb.notebook: round(notebook_seconds(nb, th, scored, trained), 1) for nb in plans}
 
 
 def estimate_chain(

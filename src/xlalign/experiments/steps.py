@@ -130,6 +130,11 @@ def adapter_label(info: TrainResult) -> str:
     return Path(info.output_dir).name
 
 
+def train_cache_dir(run: Run) -> Path:
+    """Where a run's trainings keep the frozen layers' states (``train.reuse_frozen``)."""
+    return run.path / "cache" / "frozen-train"
+
+
 def train(profile: Profile, run: Run, label: str, data: ProbeData) -> TrainResult:
     """Train one adapter into ``train/<label>``; a finished run is reused, an interrupted one resumes,
     and a finished run of the same configuration under another label is used instead of retraining.
@@ -146,7 +151,12 @@ def train(profile: Profile, run: Run, label: str, data: ProbeData) -> TrainResul
         run.step(f"train/{label}", reused=str(twin.relative_to(run.path)))
         return TrainResult.from_dict(json.loads((twin / "train_result.json").read_text()))
     t0 = time.perf_counter()
-    res = train_preference(profile, data.train_dataset(), out, resume=True)
+    # The prompts' frozen-layer states are kept in the run (train.reuse_frozen; same values), so
+    # notebook 05's trainings read the ones notebook 03's computed. Apart from the evaluations'
+    # (cache/frozen): those are made under inference mode, which a training must not reuse in memory.
+    res = train_preference(
+        profile, data.train_dataset(), out, resume=True, frozen_cache_dir=train_cache_dir(run)
+    )
     run.step(
         f"train/{label}",
         wall_time_s=round(res.wall_time_s, 1),  # the trainer's steps (a resumed run: all of them)

@@ -213,14 +213,23 @@ def _share_prompt(t) -> bool:
     return t.share_prompt
 
 
-def trainer_config(profile: Profile, out: Path, method: str | None = None):
-    """The TRL config subclass for ``method`` (default ``profile.train.method``), filled from the profile."""
+def trainer_config(
+    profile: Profile,
+    out: Path,
+    method: str | None = None,
+    frozen_cache_dir: str | Path | None = None,
+):
+    """The TRL config subclass for ``method`` (default ``profile.train.method``), filled from the
+    profile. ``frozen_cache_dir``: where ``train.reuse_frozen`` also keeps the frozen layers' states
+    on disk (a run's ``cache/frozen``, which later notebooks' trainings of the run read); None: in
+    memory only, for this process."""
     from xlalign.training.trainers import AlignedDPOConfig, AlignedORPOConfig, AlignedSFTConfig
 
     method = method or profile.train.method
     args = _training_args(profile, out)
     t = profile.train
     share = _share_prompt(t)
+    cache_dir = str(frozen_cache_dir) if (t.reuse_frozen and frozen_cache_dir) else None
     if method == "dpo":
         return AlignedDPOConfig(
             **args,
@@ -228,7 +237,8 @@ def trainer_config(profile: Profile, out: Path, method: str | None = None):
             loss_type=["sigmoid"],
             precompute_ref_log_probs=False,
             share_prompt=share,
-            reuse_frozen=t.reuse_frozen,  # in memory: a notebook's arms share the prompts' states
+            reuse_frozen=t.reuse_frozen,
+            frozen_cache_dir=cache_dir,
         )
     if method == "orpo":
         return AlignedORPOConfig(
@@ -237,6 +247,7 @@ def trainer_config(profile: Profile, out: Path, method: str | None = None):
             nll_scope=t.orpo_nll_scope,
             share_prompt=share,
             reuse_frozen=t.reuse_frozen,
+            frozen_cache_dir=cache_dir,
         )
     if method == "sft":
         return AlignedSFTConfig(**args, completion_only_loss=True)
@@ -290,14 +301,17 @@ def _train(
     tokenizer,
     resume: bool,
     callbacks,
+    frozen_cache_dir=None,
 ) -> TrainResult:
-    """In this process, or through ``accelerate launch`` when the profile asks for more processes."""
+    """In this process, or through ``accelerate launch`` when the profile asks for more processes
+    (whose ranks keep the frozen states in memory: ``frozen_cache_dir`` is for one process)."""
     from xlalign.training import launch
 
     if not launch.needs_launch(profile):
         return train_in_process(
-            profile, method, dataset, output_dir, model, tokenizer, resume, callbacks
-        )
+            profile, method, dataset, output_dir, model, tokenizer, resume, callbacks,
+            frozen_cache_dir,
+        )  # fmt: skip
     if callbacks:
         raise ValueError(
             f"callbacks cannot reach the {launch.process_count(profile)} processes "
@@ -321,8 +335,10 @@ def train_in_process(
     tokenizer=None,
     resume: bool = False,
     callbacks=None,
+    frozen_cache_dir: str | Path | None = None,
 ) -> TrainResult:
-    """Train in this process: alone, or as one rank of an ``accelerate launch`` (launch.main)."""
+    """Train in this process: alone, or as one rank of an ``accelerate launch`` (launch.main).
+    ``frozen_cache_dir``: see ``trainer_config``."""
     from xlalign.models import lora_config, model_source, resolved_commit
     from xlalign.training.trainers import AlignedDPOTrainer, AlignedORPOTrainer, AlignedSFTTrainer
 
@@ -335,7 +351,7 @@ def train_in_process(
     trainer_cls = {"dpo": AlignedDPOTrainer, "orpo": AlignedORPOTrainer, "sft": AlignedSFTTrainer}
     trainer = trainer_cls[method](
         model=model,
-        args=trainer_config(profile, out, method),
+        args=trainer_config(profile, out, method, frozen_cache_dir),
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(profile, model) if not hasattr(model, "peft_config") else None,
@@ -359,16 +375,21 @@ def train_preference(
     tokenizer=None,
     resume: bool = False,
     callbacks: list | None = None,
+    frozen_cache_dir: str | Path | None = None,
 ) -> TrainResult:
     """DPO or ORPO (``profile.train.method``) with LoRA/QLoRA and the profile's batching.
 
     ``dataset``: a ``datasets.Dataset`` (or list of dicts) with prompt, chosen, rejected, sample_id, lang.
     For DPO the reference is the adapter-disabled base model: no second copy is held in memory.
+    ``frozen_cache_dir``: with ``train.reuse_frozen``, the frozen layers' states are also kept there
+    (``trainer_config``), so a later training of the same prompts in another process reads them.
     """
     method = profile.train.method
     if method not in ("dpo", "orpo"):
         raise ValueError(f"train_preference trains dpo or orpo, not {method!r}")
-    return _train(profile, method, dataset, output_dir, model, tokenizer, resume, callbacks)
+    return _train(
+        profile, method, dataset, output_dir, model, tokenizer, resume, callbacks, frozen_cache_dir
+    )
 
 
 def train_sft(
