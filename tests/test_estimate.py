@@ -324,9 +324,7 @@ def test_training_counts_padding_and_reuses_the_other_arms_frozen_states(tiny_pr
         "05_x", runs=[ModelRun("train", "u", "m", steps=2, profile=unc, pairs=pairs)]
     )
     chain = estimate_plan([nb_a, nb_u], th)
-    assert chain["05_x"] == pytest.approx(
-        notebook_seconds(nb_u, th) - 0.75 * 800 * 0.001, abs=0.05
-    )
+    assert chain["05_x"] == pytest.approx(notebook_seconds(nb_u, th) - 0.75 * 800 * 0.001, abs=0.05)
     both = estimate_plan([NotebookPlan("03_x", runs=[aligned, nb_u.runs[0]])], th)
     assert both["03_x"] == pytest.approx(chain["03_x"] + second, abs=0.1)
 
@@ -357,3 +355,27 @@ def test_benchmarks_count_each_tasks_requests(tiny_profile):
     runs = [r for r in plan.runs if r.kind == "benchmark"]
     assert " ".join(plan.benchmarks).count("xl_local_") == 2, plan.benchmarks
     assert runs and all(r.requests == 3 * (4 + 1) for r in runs)
+    # A limit past the stand-ins' 4 items a task counts the items they hold (it counted 8 x 5).
+    p8 = derive(tiny_profile, experiments={"benchmark_limit": 8})
+    plan8 = next(nb for nb in plan_chain(p8) if nb.notebook.startswith("06"))
+    runs8 = [r for r in plan8.runs if r.kind == "benchmark"]
+    assert runs8 and all(r.requests == 4 * (4 + 1) and r.items == 2 * 4 for r in runs8)
+    assert all(r.local_tasks for r in runs8)
+    # The stand-ins' requests cost their measured length; other tasks' the default length.
+    th = _th(bench_tokens_per_request=30.0)
+    local = ModelRun("benchmark", "x", "m", requests=40, local_tasks=True, profile=tiny_profile)
+    assert run_seconds(local, th) == pytest.approx(2.0 + BENCH_SETUP_S + 40 * 30 * 0.001)
+    assert run_seconds(run, th) == pytest.approx(want)
+
+
+def test_the_stand_in_requests_are_lm_evals_prompts():
+    from xlalign.evaluation.benchmarks import local_task_requests
+
+    mc = local_task_requests("xl_local_mc_en")
+    assert len(mc) == 4 and all(len(item) == 4 for item in mc)
+    first = mc[0]
+    assert first[0].startswith("The following are multiple choice questions")
+    assert first[0].endswith("\nAnswer: A") and first[3].endswith("\nAnswer: D")
+    lam = local_task_requests("xl_local_lambada_es", limit=2)
+    assert len(lam) == 2 and lam[0][0].startswith("Abrió la vieja caja")
+    assert local_task_requests("mmmlu_en") is None and local_task_requests("xl_local_nope") is None

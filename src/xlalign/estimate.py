@@ -31,7 +31,7 @@ KERNEL_START_S = 3.0  # papermill + a Jupyter kernel, beyond the imports that ``
 TRL_ENCODES_PER_PAIR = {"orpo": 5, "dpo": 3}  # tokenizer calls per preference pair before step 1
 TRAIN_SETUP_S = 4.0  # TRL trainer construction, dataset mapping, adapter save
 BENCH_SETUP_S = 6.0  # lm-eval task building per benchmark run
-BENCH_TOKENS_PER_REQUEST = 96  # local stand-in tasks: a short context + one choice
+BENCH_TOKENS_PER_REQUEST = 96  # a hub task's request (ours: a short context + one choice)
 BENCH_REQUESTS_PER_ITEM = 4  # where the plan counted no requests: one per option of 4
 # A CALM prompt's tokens where the task's items cannot be read (a hub task offline).
 CALM_PROMPT_TOKENS = 160
@@ -75,6 +75,7 @@ class Throughput:
     tokenizer_load_s: float = 0.0  # ``load_tokenizer`` on its own (a data step's)
     save_s: float = 0.0  # one checkpoint: adapter, optimizer state and tokenizer files
     adapter_load_s: float = 0.0  # loading a saved adapter onto a loaded base model
+    bench_tokens_per_request: float = 0.0  # mean tokens of a shipped stand-in task's request
     measured_s: float = 0.0  # how long the measurement took
     parts_s: dict[str, float] = field(default_factory=dict)  # of which, each part of ``measure``
     measured_at: float = 0.0
@@ -104,8 +105,9 @@ def _host() -> str:
 def _cache_file(profile: Profile, dtype: str) -> Path:
     # v2: the measurement gained the CALM prompt length and the probe pass; v3: the trainer's and the
     # samplers' own code paths at the chain's shapes, checkpoint saves and adapter loads; v4: a
-    # tokenizer load on its own, CALM training projecting completions only
-    safe = f"{profile.model.name}-{dtype}-{_host()}-v4".replace("/", "_")
+    # tokenizer load on its own, CALM training projecting completions only; v5: the stand-in
+    # benchmarks' request length
+    safe = f"{profile.model.name}-{dtype}-{_host()}-v5".replace("/", "_")
     return profile.cache_path / "throughput" / f"{safe}.json"
 
 
@@ -146,6 +148,7 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
     import torch
 
     from xlalign.calm.variants import calm_eval_batch_size
+    from xlalign.evaluation.benchmarks import LOCAL_TASKS, local_task_requests
     from xlalign.evaluation.scoring import score_prompts
     from xlalign.generation import greedy_generate, sample_shared_prefill
     from xlalign.lm import encode
@@ -185,6 +188,14 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
     tokenize_s = (time.perf_counter() - t0) / max(1, n_rows)
     tokens_per_lang = {lang: float(statistics.mean(v)) for lang, v in lengths.items()}
     answers = [len(tok(a, add_special_tokens=False)["input_ids"]) for a in _answers()]
+    bench_tokens = [
+        len(encode(tok, text))
+        for bench in LOCAL_TASKS.values()
+        for tasks in bench.values()
+        for task in tasks
+        for item in local_task_requests(task) or []
+        for text in item
+    ]
     sample = [by_lang[lang][0] for lang in sorted(by_lang)]
     lap("probe data and tokenizing")
 
@@ -303,6 +314,7 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
         tokenizer_load_s=round(tokenizer_load_s, 3),
         save_s=round(save_s, 3),
         adapter_load_s=round(adapter_load_s, 3),
+        bench_tokens_per_request=float(statistics.mean(bench_tokens)) if bench_tokens else 0.0,
         startup_s=round(startup_s, 3),
         tokenize_s_per_row=tokenize_s,
         tokens_per_lang=tokens_per_lang,
@@ -626,9 +638,13 @@ def run_seconds(
         requests = (
             run.requests if run.requests is not None else (run.items or 0) * BENCH_REQUESTS_PER_ITEM
         )
-        return (
-            th.load_s + BENCH_SETUP_S + requests * BENCH_TOKENS_PER_REQUEST * th.forward_s_per_token
+        # The stand-ins' requests at their measured length; other tasks' at a typical short one.
+        per_request = (
+            th.bench_tokens_per_request
+            if run.local_tasks and th.bench_tokens_per_request > 0
+            else BENCH_TOKENS_PER_REQUEST
         )
+        return th.load_s + BENCH_SETUP_S + requests * per_request * th.forward_s_per_token
     return 0.0
 
 

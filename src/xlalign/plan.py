@@ -41,6 +41,7 @@ class ModelRun:
     steps: int | None = None
     new_tokens: int | None = None
     requests: int | None = None  # a benchmark run's log-likelihood requests (items x choices)
+    local_tasks: bool | None = None  # a benchmark run of the shipped stand-in tasks only
     launch: str = IN_PROCESS
     reuses: str | None = None
     note: str = ""
@@ -516,6 +517,18 @@ def _nb06(chain: _Chain, nb: NotebookPlan) -> None:
         for b, cells in registry.items()
     ]
     limit = p.experiments.benchmark_limit or None
+    # Items and requests per task: the shipped stand-ins' own (they hold fewer items than a limit
+    # may ask for), else the limit and its requests (none counted without a limit: all items).
+    local = {t: benchmarks.local_task_requests(t, limit) for t in tasks}
+    items = [len(local[t]) if local[t] is not None else limit for t in tasks]
+    counts = [
+        sum(map(len, local[t]))
+        if local[t] is not None
+        else None
+        if limit is None
+        else limit * benchmarks.requests_per_item(t)
+        for t in tasks
+    ]
     arms = arm_profiles(p)
     for block, method, batching in g.benchmark_arms(p):
         if method is not None:
@@ -526,12 +539,11 @@ def _nb06(chain: _Chain, nb: NotebookPlan) -> None:
                 "benchmark",
                 f"lm-eval/{block}",
                 p.model.name,
-                items=None if limit is None else limit * len(tasks),
-                requests=None
-                if limit is None
-                else sum(limit * benchmarks.requests_per_item(t) for t in tasks),
+                items=None if None in items else sum(items),
+                requests=None if None in counts else sum(counts),
+                local_tasks=all(v is not None for v in local.values()),
                 note=f"{len(tasks)} lm-eval tasks, "
-                + ("all items" if limit is None else f"{limit} per task"),
+                + ("all items" if limit is None else f"at most {limit} per task"),
                 profile=p,
             )
         )

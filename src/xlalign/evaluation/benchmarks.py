@@ -112,6 +112,33 @@ def requests_per_item(task: str) -> int:
     return 4
 
 
+def local_task_requests(task: str, limit: int | None = None) -> list[list[str]] | None:
+    """Per item of the first ``limit`` items of a shipped stand-in task (``LOCAL_TASKS``), the text
+    (context + continuation) of each log-likelihood request lm-eval sends for it, for the up-front
+    estimate: one per choice of a multiple-choice item, one per LAMBADA sentence. None for any other
+    task."""
+    import json
+
+    import yaml
+
+    path = LOCAL_TASKS_DIR / f"{task}.yaml"
+    if not task.startswith("xl_local_") or not path.exists():
+        return None
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = LOCAL_TASKS_DIR / spec["dataset_kwargs"]["data_files"]["test"]
+    lines = data.read_text(encoding="utf-8").splitlines()
+    docs = [json.loads(line) for line in lines if line.strip()]
+    docs = docs[:limit] if limit else docs
+    if "lambada" in spec.get("include", ""):
+        return [[d["text"]] for d in docs]  # context (all but the last word) + " " + the last word
+    out = []
+    for d in docs:  # the _xl_local_mc_template prompt, then " A" .. " D"
+        options = "".join(f"{c}. {d[c]}\n" for c in "ABCD")
+        context = spec.get("description", "") + f"{d['Question'].strip()}\n{options}Answer:"
+        out.append([f"{context} {c}" for c in "ABCD"])
+    return out
+
+
 def is_stand_in(benchmark: str) -> bool:
     """True for the shipped offline tasks (LOCAL_TASKS), which stand in for the papers' benchmarks."""
     return benchmark in LOCAL_TASKS
