@@ -581,7 +581,7 @@ def run_seconds(
         prompt_tok = padded if t.share_prompt else 2 * padded
         # With train.reuse_frozen, a prompt whose frozen-layer states an earlier training of this
         # run computed (notebook 03's other arm, or 03's arms for notebook 05) skips those layers'
-        # forward: the trainers keep the states in <run>/cache/frozen (experiments.steps.train).
+        # forward: the trainers keep the states in <run>/cache/frozen-train (experiments.steps.train).
         share = _reused_share(p, th)
         memo = trained if trained is not None else scored
         again = [r for r in seen if _row_key(r) in memo] if memo is not None else []

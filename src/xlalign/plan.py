@@ -520,15 +520,14 @@ def _nb06(chain: _Chain, nb: NotebookPlan) -> None:
     # Items and requests per task: the shipped stand-ins' own (they hold fewer items than a limit
     # may ask for), else the limit and its requests (none counted without a limit: all items).
     local = {t: benchmarks.local_task_requests(t, limit) for t in tasks}
+
+    def task_requests(t: str) -> int | None:
+        if local[t] is not None:
+            return sum(map(len, local[t]))
+        return None if limit is None else limit * benchmarks.requests_per_item(t)
+
     items = [len(local[t]) if local[t] is not None else limit for t in tasks]
-    counts = [
-        sum(map(len, local[t]))
-        if local[t] is not None
-        else None
-        if limit is None
-        else limit * benchmarks.requests_per_item(t)
-        for t in tasks
-    ]
+    counts = [task_requests(t) for t in tasks]
     arms = arm_profiles(p)
     for block, method, batching in g.benchmark_arms(p):
         if method is not None:

@@ -221,7 +221,7 @@ def trainer_config(
 ):
     """The TRL config subclass for ``method`` (default ``profile.train.method``), filled from the
     profile. ``frozen_cache_dir``: where ``train.reuse_frozen`` also keeps the frozen layers' states
-    on disk (a run's ``cache/frozen``, which later notebooks' trainings of the run read); None: in
+    on disk (a run's ``cache/frozen-train``, which later notebooks' trainings of the run read); None: in
     memory only, for this process."""
     from xlalign.training.trainers import AlignedDPOConfig, AlignedORPOConfig, AlignedSFTConfig
 
