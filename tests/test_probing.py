@@ -81,6 +81,28 @@ def test_batch_size_does_not_change_order(model_tok):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_batches_longest_first_and_returns_rows_in_prompt_order(model_tok):
+    """Batches hold prompts of similar length (less padding); row i still belongs to prompt i."""
+    model, tok = model_tok
+    prompts = [PROMPTS[1], PROMPTS[0], PROMPTS[2], PROMPTS[1] + " More words here."]
+    widths = []
+
+    def record(module, args, kwargs):
+        widths.append(tuple(kwargs["input_ids"].shape))
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        batched = hidden_states(model, tok, prompts, layers=[1, 2], batch_size=2)
+    finally:
+        handle.remove()
+    lengths = sorted((len(encode(tok, p)) for p in prompts), reverse=True)
+    assert widths == [(2, lengths[0]), (2, lengths[2])]  # unsorted: widths l[0], l[1]
+    for i, prompt in enumerate(prompts):
+        expected = direct_last_states(model, tok, prompt)
+        for layer in (1, 2):
+            np.testing.assert_allclose(batched[layer][i], expected[layer], atol=1e-5)
+
+
 def test_rejects_layers_out_of_range(model_tok):
     model, tok = model_tok
     with pytest.raises(ValueError, match="0..2"):

@@ -58,7 +58,10 @@ def hidden_states(
     Gemma already passed through the final norm. Prompts are encoded as in scoring mode
     (``lm.encode``) and left-padded with an attention mask and position ids that count real tokens
     only, so padding does not change a prompt's states; one forward per batch serves every layer,
-    with logits for the last position only. ``progress`` shows a ``tqdm.auto`` bar over prompts.
+    with logits for the last position only. Prompts are batched longest first, as the evaluations
+    batch them, to limit padding (the cpu profile's 280 probe prompts, in their languages' order:
+    17% padding; sorted: 1%); the rows come back in the order of ``rendered_prompts``.
+    ``progress`` shows a ``tqdm.auto`` bar over prompts.
     """
     from tqdm.auto import tqdm
 
@@ -73,17 +76,18 @@ def hidden_states(
         raise ValueError("no prompts to run")
     pad = lm.pad_id(tokenizer)
     device = lm.input_device(model)
+    encoded = [lm.encode(tokenizer, p) for p in prompts]
+    empty = [i for i, ids in enumerate(encoded) if not ids]
+    if empty:
+        raise ValueError(f"prompt {prompts[empty[0]][:60]!r} encodes to no tokens")
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))  # stable for ties
     out: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
     with (
         lm.eval_mode(model),
         tqdm(total=len(prompts), desc="hidden states", unit="prompt", disable=not progress) as bar,
     ):
-        for batch in lm.batches(prompts, batch_size):
-            encoded = [lm.encode(tokenizer, p) for p in batch]
-            empty = [i for i, ids in enumerate(encoded) if not ids]
-            if empty:
-                raise ValueError(f"prompt {batch[empty[0]][:60]!r} encodes to no tokens")
-            ids, mask = lm.left_pad(encoded, pad, device)
+        for batch in lm.batches(order, batch_size):
+            ids, mask = lm.left_pad([encoded[i] for i in batch], pad, device)
             res = model(
                 input_ids=ids,
                 attention_mask=mask,
@@ -96,7 +100,8 @@ def hidden_states(
                 # left padding: every prompt's last real token sits in the last column
                 out[layer].append(res.hidden_states[layer][:, -1].float().cpu().numpy())
             bar.update(len(batch))
-    return {layer: np.concatenate(chunks, axis=0) for layer, chunks in out.items()}
+    back = np.argsort(np.asarray(order))  # row j of the sorted stack is prompt order[j]
+    return {layer: np.concatenate(chunks, axis=0)[back] for layer, chunks in out.items()}
 
 
 @dataclass(frozen=True)
