@@ -23,7 +23,9 @@ fresh copy of the model, and prints the step time (steps 2..N; step 1 carries th
   ``orpo_nll_scope`` "full" and "completion", and "completion" with each prompt encoded once
   (``train.share_prompt``), with their ratios.
 
-The training runs use the profile's ``train.share_prompt``; pass ``train.share_prompt=false`` to time
+Every training run starts with no frozen-layer states in memory (``train.reuse_frozen``), so none reads
+states an earlier run of the same process computed. The training runs use the profile's
+``train.share_prompt``; pass ``train.share_prompt=false`` to time
 TRL's concatenated forward instead. ``--stock-trl`` also trains TRL's own trainer (``DPOTrainer`` /
 ``ORPOTrainer``, its default shuffled sampler, the same model, LoRA, rows and arguments) for the same
 steps in the same process, so our tokens/s stand next to stock TRL's. Every run reports its peak memory:
@@ -48,6 +50,7 @@ from transformers import TrainerCallback
 from xlalign.config import derive, load_profile
 from xlalign.models import load_model, load_tokenizer, lora_config
 from xlalign.probe.dataset import build_probe_data
+from xlalign.training import frozen_cache
 from xlalign.training.run import _load_policy, _training_args, train_preference, trainer_config
 from xlalign.training.sampling import GroupedBatchSampler, read_batch_logs
 from xlalign.training.trainers import AlignedORPOTrainer
@@ -137,6 +140,7 @@ def step_summary(times: list[float], tokens: list[int]) -> dict:
 
 def train_once(profile, rows, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
+    frozen_cache._REGISTRY.clear()  # every run computes its own frozen states: no run reads another's
     model, tokenizer = load_model(profile) if profile.model.quantization == "none" else (None, None)
     timer = StepTimer()
     reset_peak_memory()
