@@ -60,7 +60,7 @@ def hidden_states(
     only, so padding does not change a prompt's states; one forward per batch serves every layer,
     with logits for the last position only. Prompts are batched longest first, as the evaluations
     batch them, to limit padding (the cpu profile's 280 probe prompts, in their languages' order:
-    17% padding; sorted: 1%); the rows come back in the order of ``rendered_prompts``.
+    15% of the tokens padding; sorted: 1%); the rows come back in the order of ``rendered_prompts``.
     ``progress`` shows a ``tqdm.auto`` bar over prompts.
     """
     from tqdm.auto import tqdm
