@@ -93,7 +93,7 @@ def score(profile, tok, prompts, reuse: bool, directory, adapter=None) -> tuple[
 
 
 def fraction(profile, tok, rows, prompts, reuse: bool, work: Path, disk: bool) -> dict:
-    fc._REGISTRY.clear()  # a fresh store: nothing from an earlier repeat
+    fc.forget_all()  # a fresh store: nothing from an earlier repeat
     directory = work / "frozen" if (reuse and disk) else None
     if directory is not None:
         shutil.rmtree(directory, ignore_errors=True)
@@ -185,9 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
             directory = work / "frozen"
             files = list(directory.rglob("*.safetensors"))
             size = sum(f.stat().st_size for f in files)
-            fc._REGISTRY.clear()
+            fc.forget_all()
             t_disk, _ = score(profile, tok, prompts, True, directory)
-            fc._REGISTRY.clear()
+            fc.forget_all()
             t_full, _ = score(profile, tok, prompts, False, None)
             summary |= {"disk_files": len(files), "disk_mib": size / 2**20}
             summary |= {"score_from_disk_s": t_disk, "score_full_s": t_full}

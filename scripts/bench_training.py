@@ -140,7 +140,7 @@ def step_summary(times: list[float], tokens: list[int]) -> dict:
 
 def train_once(profile, rows, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    frozen_cache._REGISTRY.clear()  # every run computes its own frozen states: no run reads another's
+    frozen_cache.forget_all()  # every run computes its own frozen states: no run reads another's
     model, tokenizer = load_model(profile) if profile.model.quantization == "none" else (None, None)
     timer = StepTimer()
     reset_peak_memory()

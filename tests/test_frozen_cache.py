@@ -136,7 +136,7 @@ def test_states_are_shared_across_model_objects_and_processes_via_disk(tmp_path)
     with torch.no_grad():
         shared_prompt_logits(a, PROMPTS, COMPLETIONS, 0)
     assert fc.attach(b, directory=tmp_path) is sa  # one store per fingerprint in a process
-    fc._REGISTRY.clear()  # as in a new process: only the files remain
+    fc.forget_all()  # as in a new process: only the files remain
     sb = fc.attach(b, directory=tmp_path)
     with torch.no_grad():
         shared_prompt_logits(b, PROMPTS, COMPLETIONS, 0)
@@ -178,7 +178,7 @@ def test_entries_of_another_model_prompt_or_layer_count_are_rebuilt_not_used(tmp
     with safe_open(str(others[1]), framework="pt") as h:
         s = h.get_tensor("states")
     rewrite(others[1], states=torch.zeros(s.shape[0] + 1, s.shape[1]))
-    fc._REGISTRY.clear()
+    fc.forget_all()
     store = fc.attach(model, directory=tmp_path)
     with caplog.at_level("WARNING"), torch.no_grad():
         again = shared_prompt_logits(model, PROMPTS, COMPLETIONS, 0)[0]
@@ -194,7 +194,7 @@ def test_entries_of_another_model_prompt_or_layer_count_are_rebuilt_not_used(tmp
         assert why in text, why
     torch.testing.assert_close(again, ref, atol=1e-5, rtol=1e-5)
     # the rebuilt files are good again
-    fc._REGISTRY.clear()
+    fc.forget_all()
     store = fc.attach(model, directory=tmp_path)
     with torch.no_grad():
         shared_prompt_logits(model, PROMPTS, COMPLETIONS, 0)

@@ -148,7 +148,7 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
     import torch
 
     from xlalign.calm.variants import calm_eval_batch_size
-    from xlalign.evaluation.benchmarks import LOCAL_TASKS, local_task_requests
+    from xlalign.evaluation.benchmarks import local_request_texts
     from xlalign.evaluation.scoring import score_prompts
     from xlalign.generation import greedy_generate, sample_shared_prefill
     from xlalign.lm import encode
@@ -188,14 +188,7 @@ def measure(profile: Profile, fresh: bool = False, startup: bool = True) -> Thro
     tokenize_s = (time.perf_counter() - t0) / max(1, n_rows)
     tokens_per_lang = {lang: float(statistics.mean(v)) for lang, v in lengths.items()}
     answers = [len(tok(a, add_special_tokens=False)["input_ids"]) for a in _answers()]
-    bench_tokens = [
-        len(encode(tok, text))
-        for bench in LOCAL_TASKS.values()
-        for tasks in bench.values()
-        for task in tasks
-        for item in local_task_requests(task) or []
-        for text in item
-    ]
+    bench_tokens = [len(encode(tok, text)) for text in local_request_texts()]
     sample = [by_lang[lang][0] for lang in sorted(by_lang)]
     lap("probe data and tokenizing")
 

@@ -139,6 +139,18 @@ def local_task_requests(task: str, limit: int | None = None) -> list[list[str]] 
     return out
 
 
+def local_request_texts() -> list[str]:
+    """The text of every request lm-eval sends for the shipped stand-in tasks, all items."""
+    return [
+        text
+        for cells in LOCAL_TASKS.values()
+        for tasks in cells.values()
+        for task in tasks
+        for item in local_task_requests(task) or []
+        for text in item
+    ]
+
+
 def is_stand_in(benchmark: str) -> bool:
     """True for the shipped offline tasks (LOCAL_TASKS), which stand in for the papers' benchmarks."""
     return benchmark in LOCAL_TASKS

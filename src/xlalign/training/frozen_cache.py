@@ -532,6 +532,11 @@ def detach(model) -> None:
     causal_lm(model)._xl_frozen = None
 
 
+def forget_all() -> None:
+    """Drop every store this process holds in memory, as a new process starts; files stay on disk."""
+    _REGISTRY.clear()
+
+
 def pad_states(states: Sequence[torch.Tensor], left: bool = True) -> torch.Tensor:
     """(B, W, d) of per-row states, zero-padded (left or right) to the longest row."""
     width = max(s.shape[0] for s in states)
