@@ -97,6 +97,12 @@ def fraction(profile, tok, rows, prompts, reuse: bool, work: Path, disk: bool) -
     directory = work / "frozen" if (reuse and disk) else None
     if directory is not None:
         shutil.rmtree(directory, ignore_errors=True)
+    # The trainings keep their own store, as the chain's do (<run>/cache/frozen-train): states made
+    # under inference mode for scoring cannot enter autograd. Files, because a store is keyed by its
+    # directory, and an in-memory key would be the scoring store's.
+    train_dir = work / "frozen-train" if reuse else None
+    if train_dir is not None:
+        shutil.rmtree(train_dir, ignore_errors=True)
     t = {}
     t["score_base_s"], base_scores = score(profile, tok, prompts, reuse, directory)
     adapters = {}
@@ -105,7 +111,7 @@ def fraction(profile, tok, rows, prompts, reuse: bool, work: Path, disk: bool) -
         out = work / f"{batching}-{'reuse' if reuse else 'full'}"
         shutil.rmtree(out, ignore_errors=True)
         model, _ = load_model(arm)
-        timer = StepTimer(reuse, directory)
+        timer = StepTimer(reuse, train_dir)
         res = train_preference(arm, rows, out, model=model, tokenizer=tok, callbacks=[timer])
         t[f"train_{batching}_s"] = sum(timer.times)
         t[f"loss_{batching}"] = res.metrics.get("train_loss")
@@ -114,9 +120,10 @@ def fraction(profile, tok, rows, prompts, reuse: bool, work: Path, disk: bool) -
     for batching, adapter in adapters.items():
         t[f"score_{batching}_s"], _ = score(profile, tok, prompts, reuse, directory, adapter)
     t["total_s"] = sum(v for k, v in t.items() if k.endswith("_s"))
-    store = next(iter(fc._REGISTRY.values()), None) if reuse else None
-    if store is not None:
-        t["hits"], t["misses"], t["rebuilt"] = store.hits, store.misses, store.rebuilt
+    stores = list(fc._REGISTRY.values()) if reuse else []  # scoring's and the trainings'
+    if stores:
+        for key in ("hits", "misses", "rebuilt"):
+            t[key] = sum(getattr(store, key) for store in stores)
     t["base_scores"] = [s.get("logp_first_present") for s in base_scores]
     return t
 
