@@ -160,3 +160,25 @@ def test_reproduce_runs_in_the_given_run_dir_and_resumes_it(tmp_path, monkeypatc
     assert ran == [run_dir, run_dir]
     assert main([*args, "--run-id", "other"]) == 2
     assert "not both" in _one_line_error(capsys)
+
+
+def test_reproduce_names_the_report_only_where_notebook_07_wrote_it(tmp_path, monkeypatch, capsys):
+    """`reproduce --only 03` printed "report: <run>/report.md", a file that no notebook had written."""
+    import xlalign.pipeline as pipeline
+
+    def fake(profile, run, only, overrides):
+        if only is None or any(o.startswith("07") for o in only):
+            (run.path / "report.md").write_text("# report\n")
+            return {"03_batch_alignment": 1.0, "07_report": 1.0}
+        return {"03_batch_alignment": 1.0}
+
+    monkeypatch.setattr(pipeline, "run_notebooks", fake)
+    run_dir = tmp_path / "r"
+    args = ["reproduce", "--profile", "smoke", "--no-estimate", "--run-dir", str(run_dir)]
+    assert main([*args, "--only", "03"]) == 0
+    out = capsys.readouterr().out
+    assert "no report: notebook 07 did not run" in out and f"--only 07 --run-dir {run_dir}" in out
+    assert main(args) == 0
+    assert f"report: {run_dir / 'report.md'}\n" in capsys.readouterr().out
+    assert main([*args, "--only", "03"]) == 0
+    assert "built before this call's notebooks ran" in capsys.readouterr().out

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
+import pytest
+
 from xlalign import experiments
 from xlalign.config import derive, load_profile
 from xlalign.experiments import ablations
@@ -150,3 +153,77 @@ def test_one_label_evaluated_on_other_items_later_keeps_both(
     again = experiments.evaluate(tiny_profile, run, "base", first, model=None, tokenizer=None)
     # reused from the file, no model needed
     assert again[["item_id", "pred"]].values.tolist() == a[["item_id", "pred"]].values.tolist()
+
+
+def _eval_rows(right: dict[str, list[bool]]) -> pd.DataFrame:
+    """Predictions on samples s0..s19 in each language: even samples positive, odd negative;
+    ``right[lang][i]`` says whether the model is right on sample i there."""
+    import pandas as pd
+
+    yes, no = "Yes, answer is present", "I don't know"
+    rows = []
+    for lang, oks in right.items():
+        for i, ok in enumerate(oks):
+            label = yes if i % 2 == 0 else no
+            rows.append(
+                {
+                    "item_id": f"s{i}.{lang}",
+                    "sample_id": f"s{i}",
+                    "lang": lang,
+                    "label": label,
+                    "pred": label if ok else (no if label == yes else yes),
+                    "correct": ok,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_effect_table_compares_each_arm_with_the_base_on_the_same_items():
+    from types import SimpleNamespace
+
+    from xlalign.experiments.batch_alignment import effect_markdown, effect_reading, effect_table
+
+    profile = derive(load_profile("smoke"), experiments={"methods": ["orpo"]})
+    langs = ["en", "fr", "de"]
+    negatives = [i % 2 == 1 for i in range(20)]  # "I don't know" to everything
+    base = _eval_rows({lang: negatives for lang in langs})
+    uncoupled = _eval_rows({lang: [i % 4 != 3 for i in range(20)] for lang in langs})
+    aligned = _eval_rows(
+        {
+            "en": [True] * 20,
+            "fr": [i != 1 for i in range(20)],
+            "de": [i % 4 != 3 for i in range(20)],
+        }
+    )
+    arms = {
+        ("orpo", "uncoupled"): SimpleNamespace(preds=uncoupled),
+        ("orpo", "aligned"): SimpleNamespace(preds=aligned),
+    }
+    table = effect_table(arms, base, profile, langs).set_index(["comparison", "group"])
+    row = table.loc[("uncoupled − base", "all")]
+    # uncoupled is right on every positive and on half the negatives: 45 of 60, the base 30
+    assert (row["items"], row["acc_a"], row["acc_b"]) == (60, 50.0, 75.0)
+    assert row["delta"] == 25.0 and row["ci_low"] > 0 and row["ci_high"] > 25.0
+    # McNemar's discordant counts: the base alone right on 15 negatives, uncoupled alone on 30 positives
+    assert (row["only_a_right"], row["only_b_right"]) == (15, 30)
+    assert row["one_answer_a"] and not row["one_answer_b"]
+    rest = table.loc[("aligned − uncoupled", "Rest (avg.)")]
+    # in fr, aligned gains the 5 negatives uncoupled gets wrong and loses sample 1: +4 of 40
+    assert (rest["items"], rest["delta"], rest["only_a_right"], rest["only_b_right"]) == (
+        40,
+        10.0,
+        1,
+        5,
+    )
+    eng = table.loc[("aligned − uncoupled", "English")]
+    assert (eng["items"], eng["delta"]) == (20, 25.0)
+    assert set(table.index.get_level_values("group")) == {"English", "Rest (avg.)", "all"}
+    lines = effect_reading(table.reset_index()).splitlines()
+    assert lines[0].startswith("orpo uncoupled − base: Rest (avg.) +25.0 points [")
+    assert "CI excludes 0; base gives one answer to at least 95% of the items" in lines[0]
+    assert "one answer" not in lines[2]
+    md = effect_markdown(table.reset_index())
+    assert "| orpo     | uncoupled − base" in md and "+25.0 [+" in md
+    # a base evaluated on other items is refused, with the items named
+    with pytest.raises(ValueError, match="not on the same items"):
+        effect_table(arms, base.assign(sample_id=base["sample_id"] + "x"), profile, langs)

@@ -42,6 +42,7 @@ def test_all_notebooks_run_on_smoke(tmp_path, monkeypatch, cache_dir):
     report = (run.path / "report.md").read_text(encoding="utf-8")
     assert "## Our run next to the published numbers" in report
     assert "### calm_table01_03 (published: calm_t01, calm_t03)" in report
+    assert "### effect_vs_base" in report and "| orpo     | aligned − base" in report
     table = (run.path / "tables" / "table06_08_batch_alignment.md").read_text(encoding="utf-8")
     assert re.search(r"\d+\.\d \[\d+\.\d–\d+\.\d\]", table)  # cells carry their 95% CI
     assert (run.path / "tables" / "calm_table01_03.csv").exists()
@@ -135,6 +136,17 @@ def _check_03(run: Path) -> bool:
         pytest.approx(delta, abs=0.05)
     )
     assert "orpo aligned: " in said["batches"] and "hold one sample in" in said["batches"]
+    import pandas as pd
+
+    effect = pd.read_csv(run / "tables" / "effect_vs_base.csv").set_index(["comparison", "group"])
+    assert effect.loc[("aligned − uncoupled", "Rest (avg.)"), "delta"] == pytest.approx(
+        delta, abs=0.05
+    )
+    base = _cell(table, "baseline", "rest_avg")
+    assert effect.loc[("uncoupled − base", "Rest (avg.)"), "delta"] == pytest.approx(
+        _cell(table, "orpo_default", "rest_avg") - base, abs=0.05
+    )
+    assert said["effect"].startswith("orpo uncoupled − base: Rest (avg.) ")
     assert (run / "train" / "orpo-aligned" / "train_result.json").exists()
     return all(
         0 <= v <= 1

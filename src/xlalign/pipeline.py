@@ -106,7 +106,7 @@ def _run_notebooks(profile, run, out_dir, only, overrides, progress) -> dict[str
 
 
 def up_front_estimate(profile: Profile, run: Run, only: list[str] | None = None) -> dict | None:
-    """Measure this machine's throughput on the profile's model (a few seconds), print the expected
+    """Measure this machine's throughput on the profile's model (1-3 min), print the expected
     wall time of each notebook still to run and of the chain, and record it in ``run.json``
     (``estimate``; the report puts each notebook's estimate beside its actual time). A failed
     measurement is reported and skipped: it never stops the chain."""
@@ -179,8 +179,17 @@ def reproduce(
     run.finish(
         status="ok", notebook_wall_times_s=times, total_wall_time_s=round(sum(times.values()), 1)
     )
-    print(
-        f"[xlalign] done in {sum(times.values()):.0f} s; report: {run.path / 'report.md'}",
-        flush=True,
-    )
+    print(f"[xlalign] done in {sum(times.values()):.0f} s; {report_line(run, times)}", flush=True)
     return run
+
+
+def report_line(run: Run, times: dict[str, float]) -> str:
+    """Where this run's report is, or why there is none: notebook 07 writes it, and ``--only`` may
+    leave it out, or leave an earlier call's report in place without this call's results."""
+    report = run.path / "report.md"
+    rebuild = f"`--only 07 --run-dir {run.path}` builds it"
+    if report.exists() and any(stem.startswith("07") for stem in times):
+        return f"report: {report}"
+    if report.exists():
+        return f"report: {report}, built before this call's notebooks ran; {rebuild} again"
+    return f"no report: notebook 07 did not run; {rebuild}"

@@ -18,8 +18,12 @@ from xlalign.experiments.ablations import (  # noqa: F401
 from xlalign.experiments.batch_alignment import (  # noqa: F401
     decisions_reading,
     decisions_table,
+    effect_markdown,
+    effect_reading,
+    effect_table,
     probe_for_method,
     training_curves,
+    write_effect,
 )
 from xlalign.experiments.generalization import (  # noqa: F401
     aligned_arm,

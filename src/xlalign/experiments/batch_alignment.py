@@ -154,3 +154,149 @@ def decisions_reading(decisions: pd.DataFrame, methods: list[str]) -> str:
             f"on {int(ours['samples'])} samples{note}"
         )
     return "\n".join(lines)
+
+
+# The comparisons of notebook 03's effect table, as (A, B): each row reports B − A.
+EFFECT_COMPARISONS = (("base", "uncoupled"), ("base", "aligned"), ("uncoupled", "aligned"))
+EFFECT_COLUMNS = (
+    "method", "comparison", "group", "items", "acc_a", "acc_b", "delta", "ci_low", "ci_high",
+    "only_a_right", "only_b_right", "pvalue", "exact", "significant", "one_answer_a", "one_answer_b",
+)  # fmt: skip
+
+
+def effect_table(
+    arms: dict[tuple[str, str], TrainedArm], base: pd.DataFrame, profile: Profile, langs: list[str]
+) -> pd.DataFrame:
+    """Each trained arm against the base model, and aligned against uncoupled, on the same items:
+    per method and comparison (B − A), for English, Rest (avg.) and all of ``langs``, the accuracy
+    difference in points with a paired 95% bootstrap CI that resamples whole samples within each
+    label, as the label-balanced items were drawn (``stats.paired_accuracy_delta``) and McNemar's test (``stats.mcnemar_test``; ``only_a_right``
+    and ``only_b_right`` are its discordant counts). ``one_answer_a``/``_b`` flag a model that gives
+    one answer to at least 95% of the group's items (``answer_skew``): beside such a model the
+    difference measures the other model, not a change of decision.
+    """
+    from xlalign.evaluation.decisions import POOLED, answer_skew
+    from xlalign.evaluation.stats import mcnemar_test, paired_accuracy_delta, paired_outcomes
+
+    english = "en"  # the papers' pivot language, as everywhere in the project
+    n, seed, alpha = profile.eval.n_bootstrap, profile.seed, profile.eval.alpha
+    rows = []
+    for method in profile.experiments.methods:
+        models = {
+            "base": base,
+            "uncoupled": arms[method, "uncoupled"].preds,
+            "aligned": arms[method, "aligned"].preds,
+        }
+        models = {k: v[v["lang"].isin(langs)] for k, v in models.items()}
+        for name_a, name_b in EFFECT_COMPARISONS:
+            a, b = models[name_a], models[name_b]
+            paired = paired_outcomes(a, b)
+            groups = {
+                "English": paired["lang"] == english,
+                "Rest (avg.)": paired["lang"] != english,
+                "all": paired["lang"].notna(),
+            }
+            for group, sel in groups.items():
+                part = paired[sel.to_numpy()]
+                if part.empty:
+                    continue
+                keys = part[["sample_id", "lang"]]
+                strata = part["label"] if "label" in part else None
+                ci = paired_accuracy_delta(
+                    part["correct_a"], part["correct_b"], part["sample_id"], strata, n, seed=seed
+                )
+                test = mcnemar_test(part["correct_a"], part["correct_b"], alpha=alpha)
+
+                def one_answer(preds: pd.DataFrame, keys: pd.DataFrame = keys) -> bool:
+                    mine = preds.merge(keys, on=["sample_id", "lang"], validate="one_to_one")
+                    return bool(answer_skew(mine).set_index("lang").loc[POOLED, "constant"])
+
+                rows.append(
+                    {
+                        "method": method,
+                        "comparison": f"{name_b} − {name_a}",
+                        "group": group,
+                        "items": len(part),
+                        "acc_a": 100.0 * part["correct_a"].mean(),
+                        "acc_b": 100.0 * part["correct_b"].mean(),
+                        "delta": ci.point,
+                        "ci_low": ci.low,
+                        "ci_high": ci.high,
+                        "only_a_right": test.b,
+                        "only_b_right": test.c,
+                        "pvalue": test.pvalue,
+                        "exact": test.exact,
+                        "significant": test.significant,
+                        "one_answer_a": one_answer(a),
+                        "one_answer_b": one_answer(b),
+                    }
+                )
+    return pd.DataFrame(rows, columns=list(EFFECT_COLUMNS))
+
+
+def effect_markdown(table: pd.DataFrame) -> str:
+    """``effect_table`` as a pipe table: accuracies, B − A [95% CI], McNemar p, and "one answer"
+    where a model answers one way to at least 95% of the items."""
+    from xlalign.report.readings import interval, pvalue_text, signed
+
+    def flag(r) -> str:
+        names = r["comparison"].split(" − ")  # "B − A"
+        one = [names[1]] * bool(r["one_answer_a"]) + [names[0]] * bool(r["one_answer_b"])
+        return ", ".join(one) or "—"
+
+    frame = pd.DataFrame(
+        {
+            "method": table["method"],
+            "comparison (B − A)": table["comparison"],
+            "group": table["group"],
+            "items": table["items"],
+            "A": table["acc_a"].map(lambda x: f"{x:.1f}"),
+            "B": table["acc_b"].map(lambda x: f"{x:.1f}"),
+            "B − A [95% CI]": [
+                f"{signed(r.delta)} {interval(r.ci_low, r.ci_high, sign=True)}"
+                for r in table.itertuples()
+            ],
+            "McNemar": table["pvalue"].map(pvalue_text),
+            "one answer to ≥95% of items": [flag(r) for _, r in table.iterrows()],
+        }
+    )
+    return frame.to_markdown(index=False)
+
+
+def effect_reading(table: pd.DataFrame) -> str:
+    """One line per method and comparison: B − A over all languages and in Rest (avg.), with CIs and
+    McNemar p; a comparison beside a model that gives one answer to nearly every item says so."""
+    from xlalign.report.readings import interval, pvalue_text, signed
+
+    lines = []
+    for (method, comparison), grp in table.groupby(["method", "comparison"], sort=False):
+        parts = []
+        for _, r in grp[grp["group"].isin(["all", "Rest (avg.)"])].iterrows():
+            parts.append(
+                f"{r['group']} {signed(r['delta'])} points {interval(r['ci_low'], r['ci_high'], sign=True)}"
+                f" ({r['acc_a']:.1f} → {r['acc_b']:.1f}, {r['items']} items, {pvalue_text(r['pvalue'])})"
+            )
+        whole = grp[grp["group"] == "all"].iloc[0]
+        names = comparison.split(" − ")
+        one = [names[1]] * bool(whole["one_answer_a"]) + [names[0]] * bool(whole["one_answer_b"])
+        verdict = (
+            "CI excludes 0" if whole["ci_low"] > 0 or whole["ci_high"] < 0 else "CI includes 0"
+        )
+        note = (
+            f"; {' and '.join(one)} gives one answer to at least 95% of the items, so this "
+            "measures the other model's decisions, not a change of them"
+            if one
+            else ""
+        )
+        lines.append(f"{method} {comparison}: {'; '.join(parts)}: {verdict}{note}.")
+    return "\n".join(lines)
+
+
+def write_effect(run, table: pd.DataFrame, stem: str = "effect_vs_base") -> dict:
+    """``tables/<stem>.csv`` (``effect_table``'s columns) and ``.md`` (``effect_markdown``), which the
+    report shows among its tables; a rerun of the notebook replaces them."""
+    out = run.sub("tables")
+    csv, md = out / f"{stem}.csv", out / f"{stem}.md"
+    table.to_csv(csv, index=False)
+    md.write_text(effect_markdown(table) + "\n", encoding="utf-8")
+    return {"csv": str(csv), "md": str(md)}

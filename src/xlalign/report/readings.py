@@ -140,23 +140,6 @@ def pvalue_text(p: float) -> str:
 # --------------------------------------------------------------------------- paired differences
 
 
-def _paired_non_english(
-    preds_a: pd.DataFrame, preds_b: pd.DataFrame, english: str
-) -> tuple[np.ndarray, np.ndarray]:
-    for name, frame in (("A", preds_a), ("B", preds_b)):
-        try:
-            validate_predictions(frame)
-        except ValueError as err:
-            raise ValueError(f"predictions {name}: {err}") from None
-    left = preds_a[["sample_id", "lang"]].assign(a=is_correct(preds_a).to_numpy())
-    right = preds_b[["sample_id", "lang"]].assign(b=is_correct(preds_b).to_numpy())
-    paired = left.merge(right, on=["sample_id", "lang"], how="inner", validate="one_to_one")
-    paired = paired[paired["lang"] != english]
-    if paired.empty:
-        raise ValueError("the two prediction sets share no non-English items")
-    return paired["a"].to_numpy(float), paired["b"].to_numpy(float)
-
-
 def paired_difference(
     preds_a: pd.DataFrame,
     preds_b: pd.DataFrame,
@@ -164,31 +147,31 @@ def paired_difference(
     n_resamples: int = 1000,
     seed: int = 0,
 ) -> dict:
-    """B − A accuracy (points) on the non-English items both evaluated, with a 95% paired percentile
-    bootstrap CI over items (``scipy.stats.bootstrap``, ``paired=True``).
+    """B − A accuracy (points) on the non-English items, with a 95% paired percentile bootstrap CI
+    that resamples whole samples, all their translations together, within each label
+    (``stats.paired_accuracy_delta``).
 
-    With the same items in every language (``experiments.eval_subset``) the pooled non-English
-    accuracy equals Rest (avg.), the mean of the per-language accuracies. Resampling items rather
-    than whole samples is our choice; the papers give no CI for this difference.
+    The two runs must hold the same items (``stats.paired_outcomes`` names any that differ). With
+    the same items in every language (``experiments.eval_subset``) the pooled non-English accuracy
+    equals Rest (avg.), the mean of the per-language accuracies. The papers give no CI for this
+    difference; the resampling is ours.
     """
-    from scipy.stats import bootstrap
+    from xlalign.evaluation.stats import paired_accuracy_delta, paired_outcomes
 
-    a, b = _paired_non_english(preds_a, preds_b, english)
-    delta = 100.0 * float(b.mean() - a.mean())
-    if np.all(a == b):  # no item changed: every resample gives 0
-        low = high = 0.0
-    else:
-        res = bootstrap(
-            (a, b),
-            lambda x, y, axis=-1: 100.0 * (y.mean(axis=axis) - x.mean(axis=axis)),
-            paired=True,
-            n_resamples=n_resamples,
-            method="percentile",
-            random_state=np.random.default_rng(seed),
-            vectorized=True,
-        )
-        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return {"delta": delta, "ci_low": low, "ci_high": high, "n": len(a)}
+    paired = paired_outcomes(preds_a, preds_b)
+    paired = paired[paired["lang"] != english]
+    if paired.empty:
+        raise ValueError("the two prediction sets share no non-English items")
+    strata = paired["label"] if "label" in paired else None
+    ci = paired_accuracy_delta(
+        paired["correct_a"],
+        paired["correct_b"],
+        paired["sample_id"],
+        strata,
+        n_resamples,
+        seed=seed,
+    )
+    return {"delta": ci.point, "ci_low": ci.low, "ci_high": ci.high, "n": len(paired)}
 
 
 def difference_reading(
