@@ -72,6 +72,18 @@ def _percentile_bounds(samples: np.ndarray, confidence: float) -> tuple[float, f
     return float(low), float(high)
 
 
+def _cluster_weights(rng: np.random.Generator, strata: list[np.ndarray], size: int) -> np.ndarray:
+    """(size, n_clusters) counts: how often each cluster was drawn in each of ``size`` resamples,
+    drawing with replacement within each stratum (an array of cluster indices) as many clusters as
+    it holds."""
+    n = sum(idx.size for idx in strata)
+    weights = np.zeros((size, n))
+    for idx in strata:
+        picks = idx[rng.integers(0, idx.size, size=(size, idx.size))]
+        np.add.at(weights, (np.arange(size)[:, None], picks), 1.0)
+    return weights
+
+
 def bootstrap_ci(correct, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> CI:
     """Accuracy (%) of 0/1 outcomes with a percentile bootstrap CI via ``scipy.stats.bootstrap``."""
     x = _as_binary(correct)
@@ -116,13 +128,10 @@ def bootstrap_rest_avg_ci(
     present = correct.notna().to_numpy(dtype=float)  # unbalanced designs: count only present
     correct = correct.fillna(0.0).to_numpy()
     rng = np.random.default_rng(seed)
-    n_ids = correct.shape[0]
+    everyone = [np.arange(correct.shape[0])]
     draws = []
     for start in range(0, n_resamples, _CHUNK):
-        size = min(_CHUNK, n_resamples - start)
-        # weights[r, i] = how often sample_id i was drawn in resample r
-        idx = rng.integers(0, n_ids, size=(size, n_ids))
-        weights = np.stack([np.bincount(row, minlength=n_ids) for row in idx]).astype(float)
+        weights = _cluster_weights(rng, everyone, min(_CHUNK, n_resamples - start))
         with np.errstate(invalid="ignore", divide="ignore"):
             acc = (weights @ correct) / (weights @ present)
         draws.append(np.nanmean(acc, axis=1) * 100.0)
@@ -167,23 +176,20 @@ def paired_accuracy_delta(
     diff = np.bincount(inverse, weights=b - a)  # per cluster: right_B − right_A
     count = np.bincount(inverse).astype(float)
     _, group_inverse = np.unique(groups, return_inverse=True)
-    cluster_group = np.full(ids.size, -1)
-    for i, g in zip(inverse, group_inverse, strict=True):
-        if cluster_group[i] not in (-1, g):
-            raise ValueError(f"cluster {ids[i].item()!r} spans more than one stratum")
-        cluster_group[i] = g
+    pairs = np.unique(np.stack([inverse, group_inverse]), axis=1)  # distinct (cluster, stratum)
+    spans = np.bincount(pairs[0], minlength=ids.size) > 1
+    if spans.any():
+        raise ValueError(f"cluster {ids[spans][0].item()!r} spans more than one stratum")
+    cluster_group = np.empty(ids.size, dtype=int)
+    cluster_group[inverse] = group_inverse
     point = float(100.0 * diff.sum() / count.sum())
-    if not diff.any() and np.array_equal(a, b):
+    if np.array_equal(a, b):
         return CI(point, point, point)
     rng = np.random.default_rng(seed)
     members = [np.flatnonzero(cluster_group == g) for g in np.unique(cluster_group)]
     draws = []
     for start in range(0, n_resamples, _CHUNK):
-        size = min(_CHUNK, n_resamples - start)
-        weights = np.zeros((size, ids.size))
-        for idx in members:  # each stratum keeps its own number of clusters
-            picks = idx[rng.integers(0, idx.size, size=(size, idx.size))]
-            np.add.at(weights, (np.arange(size)[:, None], picks), 1.0)
+        weights = _cluster_weights(rng, members, min(_CHUNK, n_resamples - start))
         draws.append(100.0 * (weights @ diff) / (weights @ count))
     low, high = _percentile_bounds(np.concatenate(draws), confidence)
     return CI(point, low, high)
@@ -243,8 +249,9 @@ def _check_same_items(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 def paired_outcomes(preds_a: pd.DataFrame, preds_b: pd.DataFrame, by: str = "lang") -> pd.DataFrame:
     """The two runs' outcomes per item, lined up on (sample_id, lang): columns sample_id, lang,
-    ``by`` and, where run A has it, label (from run A), correct_a, correct_b. Raises ValueError when either run's predictions are
-    malformed or the runs differ in languages or items, naming them."""
+    ``by`` and, where run A has it, label (from run A), correct_a, correct_b. Raises ValueError
+    when either run's predictions are malformed or the runs differ in languages or items, naming
+    them."""
     for name, frame in (("A", preds_a), ("B", preds_b)):
         try:
             validate_predictions(frame)
@@ -257,6 +264,19 @@ def paired_outcomes(preds_a: pd.DataFrame, preds_b: pd.DataFrame, by: str = "lan
     left = preds_a[keep].assign(correct_a=is_correct(preds_a).to_numpy())
     right = preds_b[["sample_id", "lang"]].assign(correct_b=is_correct(preds_b).to_numpy())
     return left.merge(right, on=["sample_id", "lang"], how="inner", validate="one_to_one")
+
+
+def paired_outcomes_delta(paired: pd.DataFrame, n_resamples: int = 1000, seed: int = 0) -> CI:
+    """``paired_accuracy_delta`` of a ``paired_outcomes`` frame (or a subset of its rows): whole
+    samples resampled, within each label where the frame has one."""
+    return paired_accuracy_delta(
+        paired["correct_a"],
+        paired["correct_b"],
+        paired["sample_id"],
+        paired["label"] if "label" in paired else None,
+        n_resamples,
+        seed=seed,
+    )
 
 
 def compare_runs(

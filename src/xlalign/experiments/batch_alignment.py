@@ -164,6 +164,20 @@ EFFECT_COLUMNS = (
 )  # fmt: skip
 
 
+def _one_answer(preds: pd.DataFrame, keys: pd.DataFrame) -> bool:
+    """Whether ``preds`` gives one answer to at least 95% of the (sample_id, lang) items in ``keys``."""
+    from xlalign.evaluation.decisions import POOLED, answer_skew
+
+    mine = preds.merge(keys, on=["sample_id", "lang"], validate="one_to_one")
+    return bool(answer_skew(mine).set_index("lang").loc[POOLED, "constant"])
+
+
+def _one_answer_models(row) -> list[str]:
+    """The models of an ``effect_table`` row ("B − A") flagged as giving one answer, A first."""
+    name_b, name_a = row["comparison"].split(" − ")
+    return [name_a] * bool(row["one_answer_a"]) + [name_b] * bool(row["one_answer_b"])
+
+
 def effect_table(
     arms: dict[tuple[str, str], TrainedArm], base: pd.DataFrame, profile: Profile, langs: list[str]
 ) -> pd.DataFrame:
@@ -175,8 +189,7 @@ def effect_table(
     one answer to at least 95% of the group's items (``answer_skew``): beside such a model the
     difference measures the other model, not a change of decision.
     """
-    from xlalign.evaluation.decisions import POOLED, answer_skew
-    from xlalign.evaluation.stats import mcnemar_test, paired_accuracy_delta, paired_outcomes
+    from xlalign.evaluation.stats import mcnemar_test, paired_outcomes, paired_outcomes_delta
 
     english = "en"  # the papers' pivot language, as everywhere in the project
     n, seed, alpha = profile.eval.n_bootstrap, profile.seed, profile.eval.alpha
@@ -201,16 +214,8 @@ def effect_table(
                 if part.empty:
                     continue
                 keys = part[["sample_id", "lang"]]
-                strata = part["label"] if "label" in part else None
-                ci = paired_accuracy_delta(
-                    part["correct_a"], part["correct_b"], part["sample_id"], strata, n, seed=seed
-                )
+                ci = paired_outcomes_delta(part, n, seed)
                 test = mcnemar_test(part["correct_a"], part["correct_b"], alpha=alpha)
-
-                def one_answer(preds: pd.DataFrame, keys: pd.DataFrame = keys) -> bool:
-                    mine = preds.merge(keys, on=["sample_id", "lang"], validate="one_to_one")
-                    return bool(answer_skew(mine).set_index("lang").loc[POOLED, "constant"])
-
                 rows.append(
                     {
                         "method": method,
@@ -227,8 +232,8 @@ def effect_table(
                         "pvalue": test.pvalue,
                         "exact": test.exact,
                         "significant": test.significant,
-                        "one_answer_a": one_answer(a),
-                        "one_answer_b": one_answer(b),
+                        "one_answer_a": _one_answer(a, keys),
+                        "one_answer_b": _one_answer(b, keys),
                     }
                 )
     return pd.DataFrame(rows, columns=list(EFFECT_COLUMNS))
@@ -238,11 +243,6 @@ def effect_markdown(table: pd.DataFrame) -> str:
     """``effect_table`` as a pipe table: accuracies, B − A [95% CI], McNemar p, and "one answer"
     where a model answers one way to at least 95% of the items."""
     from xlalign.report.readings import interval, pvalue_text, signed
-
-    def flag(r) -> str:
-        names = r["comparison"].split(" − ")  # "B − A"
-        one = [names[1]] * bool(r["one_answer_a"]) + [names[0]] * bool(r["one_answer_b"])
-        return ", ".join(one) or "—"
 
     frame = pd.DataFrame(
         {
@@ -257,7 +257,9 @@ def effect_markdown(table: pd.DataFrame) -> str:
                 for r in table.itertuples()
             ],
             "McNemar": table["pvalue"].map(pvalue_text),
-            "one answer to ≥95% of items": [flag(r) for _, r in table.iterrows()],
+            "one answer to ≥95% of items": [
+                ", ".join(_one_answer_models(r)) or "—" for _, r in table.iterrows()
+            ],
         }
     )
     return frame.to_markdown(index=False)
@@ -277,8 +279,7 @@ def effect_reading(table: pd.DataFrame) -> str:
                 f" ({r['acc_a']:.1f} → {r['acc_b']:.1f}, {r['items']} items, {pvalue_text(r['pvalue'])})"
             )
         whole = grp[grp["group"] == "all"].iloc[0]
-        names = comparison.split(" − ")
-        one = [names[1]] * bool(whole["one_answer_a"]) + [names[0]] * bool(whole["one_answer_b"])
+        one = _one_answer_models(whole)
         verdict = (
             "CI excludes 0" if whole["ci_low"] > 0 or whole["ci_high"] < 0 else "CI includes 0"
         )

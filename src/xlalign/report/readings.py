@@ -156,21 +156,13 @@ def paired_difference(
     equals Rest (avg.), the mean of the per-language accuracies. The papers give no CI for this
     difference; the resampling is ours.
     """
-    from xlalign.evaluation.stats import paired_accuracy_delta, paired_outcomes
+    from xlalign.evaluation.stats import paired_outcomes, paired_outcomes_delta
 
     paired = paired_outcomes(preds_a, preds_b)
     paired = paired[paired["lang"] != english]
     if paired.empty:
         raise ValueError("the two prediction sets share no non-English items")
-    strata = paired["label"] if "label" in paired else None
-    ci = paired_accuracy_delta(
-        paired["correct_a"],
-        paired["correct_b"],
-        paired["sample_id"],
-        strata,
-        n_resamples,
-        seed=seed,
-    )
+    ci = paired_outcomes_delta(paired, n_resamples, seed)
     return {"delta": ci.point, "ci_low": ci.low, "ci_high": ci.high, "n": len(paired)}
 
 
