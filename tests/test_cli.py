@@ -182,3 +182,43 @@ def test_reproduce_names_the_report_only_where_notebook_07_wrote_it(tmp_path, mo
     assert f"report: {run_dir / 'report.md'}\n" in capsys.readouterr().out
     assert main([*args, "--only", "03"]) == 0
     assert "built before this call's notebooks ran" in capsys.readouterr().out
+
+
+def test_the_report_is_rebuilt_on_every_call_the_other_notebooks_only_once(
+    tmp_path, monkeypatch, capsys
+):
+    """The hint "`--only 07 --run-dir X` builds it again" skipped 07 as done in this run, so a report
+    built before a later notebook ran could never be rebuilt."""
+    from pathlib import Path
+
+    import papermill
+
+    import xlalign.pipeline as pipeline
+
+    executed = []
+
+    def fake_execute(src, dst, **kw):
+        executed.append(Path(src).stem)
+        if Path(src).stem.startswith("07"):
+            done = sorted(p.stem for p in Path(dst).parent.glob("0[0-6]*.ipynb"))
+            (Path(kw["parameters"]["RUN_DIR"]) / "report.md").write_text(" ".join(done))
+        Path(dst).write_text("{}")
+
+    names = ["03_batch_alignment", "05_ablations", "07_report"]
+    monkeypatch.setattr(pipeline, "notebooks", lambda: [Path(f"{n}.ipynb") for n in names])
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    run_dir = tmp_path / "r"
+    args = ["reproduce", "--profile", "smoke", "--no-estimate", "--run-dir", str(run_dir)]
+
+    assert main([*args, "--only", "03", "07"]) == 0
+    assert executed == ["03_batch_alignment", "07_report"]
+    assert (run_dir / "report.md").read_text() == "03_batch_alignment"
+    capsys.readouterr()
+    assert main([*args, "--only", "05"]) == 0
+    assert "built before this call's notebooks ran" in capsys.readouterr().out
+    assert main([*args, "--only", "07"]) == 0  # what that line advises: it rebuilds the report
+    assert executed[2:] == ["05_ablations", "07_report"]
+    assert (run_dir / "report.md").read_text() == "03_batch_alignment 05_ablations"
+    assert f"report: {run_dir / 'report.md'}\n" in capsys.readouterr().out
+    assert main(args) == 0  # the whole chain, resumed: only the report runs again
+    assert executed[4:] == ["07_report"]

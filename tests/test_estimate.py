@@ -264,6 +264,47 @@ def test_a_failed_measurement_never_stops_the_chain(tiny_profile, tmp_path, monk
         run.finish("ok")
 
 
+def test_the_report_alone_reuses_the_days_measurement_or_goes_without(
+    tiny_profile, tmp_path, monkeypatch, capsys
+):
+    """``--only 07`` loads no model: measuring (about a minute) would cost more than the notebook."""
+    import dataclasses
+    import json
+    import time
+
+    import xlalign.estimate as estimate
+    from xlalign.pipeline import up_front_estimate
+    from xlalign.runs import start_run
+
+    def must_not_measure(*a, **k):
+        raise RuntimeError("measured")
+
+    monkeypatch.setattr(estimate, "measure", must_not_measure)
+    profile = dataclasses.replace(tiny_profile, cache_dir=str(tmp_path / "cache"))
+    run = start_run(profile, tmp_path / "run")
+    try:
+        assert up_front_estimate(profile, run, only=["07"]) is None
+        out = capsys.readouterr().out
+        assert "the notebooks to run load no model" in out and "measured" not in out
+        assert "estimate" not in run.record
+
+        cache = estimate._cache_file(profile, "float32")
+        cache.parent.mkdir(parents=True)
+        th = _th(model="tiny-random", measured_at=time.time() - 600)
+        cache.write_text(json.dumps(th.to_dict()))
+        rec = up_front_estimate(profile, run, only=["07"])
+        out = capsys.readouterr().out
+        assert "reused this machine's measurement of tiny-random" in out and "10 min ago" in out
+        assert rec["notebooks_s"] == {"07_report": 5.0 + KERNEL_START_S + REPORT_BUILD_S}
+        assert run.record["estimate"]["throughput"]["measured_at"] == th.measured_at
+
+        # a notebook that loads a model still measures afresh, the day's cache notwithstanding
+        assert up_front_estimate(profile, run, only=["00"]) is None
+        assert "no up-front estimate (RuntimeError: measured)" in capsys.readouterr().out
+    finally:
+        run.finish("ok")
+
+
 def test_prompts_scored_earlier_in_the_run_cost_only_the_adapted_layers(tiny_profile):
     rows = [{"lang": "en", "prompt": f"p{i}"} for i in range(4)]  # 4 x 100 tokens
     p = derive(tiny_profile, train={"reuse_frozen": True}, lora={"top_layers": 1})

@@ -17,6 +17,7 @@ from xlalign.config import REPO_ROOT, Profile
 from xlalign.runs import LOCK_ENV, Run, start_run
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+REPORT_PREFIX = "07"  # the report notebook: it reads the run's results and writes report.md
 
 
 class NotebookFailed(RuntimeError):
@@ -67,7 +68,9 @@ def _run_notebooks(profile, run, out_dir, only, overrides, progress) -> dict[str
         if only and not any(nb.name.startswith(o) for o in only):
             continue
         key = f"notebook/{nb.stem}"
-        if done.get(key, {}).get("status") == "ok":
+        # The report only reads what the run holds (seconds): it is rebuilt on every call, so that a
+        # notebook run after it, or a rerun of `--only 07`, is never left out of it.
+        if done.get(key, {}).get("status") == "ok" and not nb.stem.startswith(REPORT_PREFIX):
             times[nb.stem] = done[key]["wall_time_s"]
             print(f"[xlalign] {nb.name}: already done in this run, skipped")
             continue
@@ -109,13 +112,30 @@ def up_front_estimate(profile: Profile, run: Run, only: list[str] | None = None)
     """Measure this machine's throughput on the profile's model (1-3 min), print the expected
     wall time of each notebook still to run and of the chain, and record it in ``run.json``
     (``estimate``; the report puts each notebook's estimate beside its actual time). A failed
-    measurement is reported and skipped: it never stops the chain."""
-    from xlalign.estimate import chain_lines, estimate_chain, measure
+    measurement is reported and skipped: it never stops the chain.
+
+    Notebooks that load no model (the report alone: ``--only 07``) are not worth a fresh
+    measurement that takes longer than they do: they reuse this host's measurement of the day, or
+    go without an estimate."""
+    from xlalign.estimate import cached_throughput, chain_lines, estimate_plan, measure
+    from xlalign.plan import plan_chain
 
     try:
         t0 = time.perf_counter()
-        th = measure(profile, fresh=True)
-        estimates = estimate_chain(profile, th, only=only)
+        plans = plan_chain(profile, only=only)
+        fresh = any(nb.runs or nb.data_rows or nb.tokenizer_loads for nb in plans)
+        if fresh:
+            th = measure(profile, fresh=True)
+        else:
+            th = cached_throughput(profile)
+            if th is None:
+                print(
+                    "[xlalign] no up-front estimate: the notebooks to run load no model, and this "
+                    "machine has no measurement of the day to reuse",
+                    flush=True,
+                )
+                return None
+        estimates = estimate_plan(plans, th)
     except Exception as exc:  # noqa: BLE001 - the estimate is advice, the chain is the work
         print(f"[xlalign] no up-front estimate ({type(exc).__name__}: {exc})"[:300], flush=True)
         return None
@@ -124,10 +144,21 @@ def up_front_estimate(profile: Profile, run: Run, only: list[str] | None = None)
         nb: steps[f"notebook/{nb}"]["wall_time_s"]
         for nb in estimates
         if steps.get(f"notebook/{nb}", {}).get("status") == "ok"
+        and not nb.startswith(REPORT_PREFIX)
     }
     took = time.perf_counter() - t0
-    print(f"[xlalign] measured {th.model} ({th.dtype}, {th.device}) in {took:.0f} s", flush=True)
-    if th.parts_s and took > 1:  # a fresh measurement, not one read back from the cache
+    if not fresh:
+        age = (time.time() - th.measured_at) / 60
+        print(
+            f"[xlalign] no model to load: reused this machine's measurement of {th.model} "
+            f"({th.dtype}, {th.device}) from {age:.0f} min ago",
+            flush=True,
+        )
+    else:
+        print(
+            f"[xlalign] measured {th.model} ({th.dtype}, {th.device}) in {took:.0f} s", flush=True
+        )
+    if fresh and th.parts_s and took > 1:  # a fresh measurement, not one read back from the cache
         top = sorted(th.parts_s.items(), key=lambda kv: -kv[1])[:4]
         print(
             "[xlalign]   longest parts: " + ", ".join(f"{k} {v:.0f} s" for k, v in top), flush=True
@@ -188,7 +219,7 @@ def report_line(run: Run, times: dict[str, float]) -> str:
     leave it out, or leave an earlier call's report in place without this call's results."""
     report = run.path / "report.md"
     rebuild = f"`--only 07 --run-dir {run.path}` builds it"
-    if report.exists() and any(stem.startswith("07") for stem in times):
+    if report.exists() and any(stem.startswith(REPORT_PREFIX) for stem in times):
         return f"report: {report}"
     if report.exists():
         return f"report: {report}, built before this call's notebooks ran; {rebuild} again"
