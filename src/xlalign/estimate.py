@@ -24,7 +24,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from xlalign.config import Profile
-from xlalign.plan import ModelRun, NotebookPlan, format_seconds, plan_chain, plan_notebook
+from xlalign.plan import (
+    REPORT_PREFIX,
+    ModelRun,
+    NotebookPlan,
+    format_seconds,
+    plan_chain,
+    plan_notebook,
+)
 
 # Our constants, not measured per machine (seconds); calibrated against smoke and cpu runs here.
 KERNEL_START_S = 3.0  # papermill + a Jupyter kernel, beyond the imports that ``measure`` times
@@ -652,7 +659,7 @@ def notebook_seconds(
     s = th.startup_s + KERNEL_START_S
     # Each data step tokenizes the probe rows it builds for its length checks.
     s += nb.data_rows * th.tokenize_s_per_row + nb.tokenizer_loads * th.tokenizer_load_s
-    if nb.notebook.startswith("07"):
+    if nb.notebook.startswith(REPORT_PREFIX):
         s += REPORT_BUILD_S
     return s + sum(run_seconds(r, th, scored, trained) for r in nb.runs)
 

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 from xlalign.config import REPO_ROOT, Profile
+from xlalign.plan import REPORT_PREFIX, plan_chain
 from xlalign.runs import LOCK_ENV, Run, start_run
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-REPORT_PREFIX = "07"  # the report notebook: it reads the run's results and writes report.md
 
 
 class NotebookFailed(RuntimeError):
@@ -118,12 +118,11 @@ def up_front_estimate(profile: Profile, run: Run, only: list[str] | None = None)
     measurement that takes longer than they do: they reuse this host's measurement of the day, or
     go without an estimate."""
     from xlalign.estimate import cached_throughput, chain_lines, estimate_plan, measure
-    from xlalign.plan import plan_chain
 
     try:
         t0 = time.perf_counter()
         plans = plan_chain(profile, only=only)
-        fresh = any(nb.runs or nb.data_rows or nb.tokenizer_loads for nb in plans)
+        fresh = any(nb.loads_model for nb in plans)
         if fresh:
             th = measure(profile, fresh=True)
         else:
@@ -147,21 +146,22 @@ def up_front_estimate(profile: Profile, run: Run, only: list[str] | None = None)
         and not nb.startswith(REPORT_PREFIX)
     }
     took = time.perf_counter() - t0
-    if not fresh:
+    if fresh:
+        print(
+            f"[xlalign] measured {th.model} ({th.dtype}, {th.device}) in {took:.0f} s", flush=True
+        )
+        top = sorted(th.parts_s.items(), key=lambda kv: -kv[1])[:4]
+        if top:
+            print(
+                "[xlalign]   longest parts: " + ", ".join(f"{k} {v:.0f} s" for k, v in top),
+                flush=True,
+            )
+    else:
         age = (time.time() - th.measured_at) / 60
         print(
             f"[xlalign] no model to load: reused this machine's measurement of {th.model} "
             f"({th.dtype}, {th.device}) from {age:.0f} min ago",
             flush=True,
-        )
-    else:
-        print(
-            f"[xlalign] measured {th.model} ({th.dtype}, {th.device}) in {took:.0f} s", flush=True
-        )
-    if fresh and th.parts_s and took > 1:  # a fresh measurement, not one read back from the cache
-        top = sorted(th.parts_s.items(), key=lambda kv: -kv[1])[:4]
-        print(
-            "[xlalign]   longest parts: " + ", ".join(f"{k} {v:.0f} s" for k, v in top), flush=True
         )
     print("[xlalign] expected wall time:", flush=True)
     for line in chain_lines(estimates, done):

@@ -79,6 +79,9 @@ class ModelRun:
         return ", ".join(bits)
 
 
+REPORT_PREFIX = "07"  # the report notebook: it reads the run's results and writes report.md
+
+
 @dataclass
 class NotebookPlan:
     notebook: str
@@ -88,6 +91,12 @@ class NotebookPlan:
     notes: list[str] = field(default_factory=list)
     data_rows: int = 0  # probe rows its data steps build and tokenize (preference + test rows)
     tokenizer_loads: int = 0  # ``load_tokenizer`` calls outside model loads (its data steps)
+
+    @property
+    def loads_model(self) -> bool:
+        """Whether it runs a model or tokenizes probe rows: the work the throughput measurement
+        prices (the report alone does neither)."""
+        return bool(self.runs or self.data_rows or self.tokenizer_loads)
 
     @property
     def launches(self) -> list[str]:

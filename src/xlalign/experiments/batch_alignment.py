@@ -184,8 +184,8 @@ def effect_table(
     """Each trained arm against the base model, and aligned against uncoupled, on the same items:
     per method and comparison (B − A), for English, Rest (avg.) and all of ``langs``, the accuracy
     difference in points with a paired 95% bootstrap CI that resamples whole samples within each
-    label, as the label-balanced items were drawn (``stats.paired_accuracy_delta``) and McNemar's test (``stats.mcnemar_test``; ``only_a_right``
-    and ``only_b_right`` are its discordant counts). ``one_answer_a``/``_b`` flag a model that gives
+    label, as the label-balanced items were drawn (``stats.paired_accuracy_delta``), and McNemar's
+    test (``stats.mcnemar_test``; ``only_a_right`` and ``only_b_right`` are its discordant counts). ``one_answer_a``/``_b`` flag a model that gives
     one answer to at least 95% of the group's items (``answer_skew``): beside such a model the
     difference measures the other model, not a change of decision.
     """
