@@ -30,13 +30,19 @@ from xlalign.paper.tables import (
 # Checks
 
 
+def _rows(df: pd.DataFrame):
+    """Each printed row of a long table: its table, block, model and ``{column: value}``."""
+    for (block, model), part in df.groupby(["block", "model"], sort=False):
+        values = dict(zip(part["column"], part["value"], strict=True))
+        yield str(part["table"].iloc[0]), block, model, values
+
+
 def _mean_check(
     df: pd.DataFrame, target: str, sources: Mapping[tuple[str, str], list[str]], tol: float, name
 ):
     """Rows where ``target`` differs from the mean of the given columns of the same row."""
     found = []
-    for (block, model), part in df.groupby(["block", "model"], sort=False):
-        values = dict(zip(part["column"], part["value"], strict=True))
+    for table, block, model, values in _rows(df):
         cols = sources.get((block, model), [])
         if target not in values or not cols or any(c not in values for c in cols):
             continue
@@ -44,7 +50,7 @@ def _mean_check(
         if abs(values[target] - expected) > tol + _EPS:
             found.append(
                 Discrepancy(
-                    table=str(part["table"].iloc[0]),
+                    table=table,
                     block=block,
                     model=model,
                     column=target,
@@ -147,8 +153,7 @@ def check_ac3(
 ) -> list[Discrepancy]:
     """Rows whose AC3 is not 2*A*C/(A+C), A = mean of ``accuracy`` columns, C = ``consistency``."""
     found = []
-    for (block, model), part in df.groupby(["block", "model"], sort=False):
-        values = dict(zip(part["column"], part["value"], strict=True))
+    for table, block, model, values in _rows(df):
         needed = [column, consistency, *accuracy]
         if any(c not in values for c in needed):
             continue
@@ -158,7 +163,7 @@ def check_ac3(
         if abs(values[column] - expected) > tol + _EPS:
             found.append(
                 Discrepancy(
-                    table=str(part["table"].iloc[0]),
+                    table=table,
                     block=block,
                     model=model,
                     column=column,
@@ -182,15 +187,14 @@ def check_percent_sums(
     found = []
     for group in groups:
         tol = 0.05 * len(group)
-        for (block, model), part in df.groupby(["block", "model"], sort=False):
-            values = dict(zip(part["column"], part["value"], strict=True))
+        for table, block, model, values in _rows(df):
             if any(c not in values for c in group):
                 continue
             got = sum(values[c] for c in group)
             if abs(got - total) > tol + _EPS:
                 found.append(
                     Discrepancy(
-                        table=str(part["table"].iloc[0]),
+                        table=table,
                         block=block,
                         model=model,
                         column=group[0],

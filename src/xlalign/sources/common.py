@@ -154,21 +154,19 @@ class PassageRecord:
                 f"{self.source} {self.id}: no multiple-choice question, so no TopicRecord "
                 "(use the PassageRecord, whose `answers` carry the gold answer text)"
             )
-        raw = {
-            "id": self.id,
-            "topic_id": self.topic_id,
-            "domain": self.domain,
-            "lang": self.lang,
-            "title": self.title,
-            "passage": self.passage,
-            "questions": list(self.questions),
-            "mcq": {
-                "question": self.mcq_question,
-                "options": list(self.mcq_options or ()),
-                "answer": self.mcq_answer,
-            },
-        }
-        return parse_record(raw, f"{self.source} {self.id}", self.lang)
+        record = TopicRecord(
+            id=self.id,
+            topic_id=self.topic_id,
+            domain=self.domain,
+            lang=self.lang,
+            title=self.title,
+            passage=self.passage,
+            questions=tuple(self.questions),
+            mcq_question=self.mcq_question,
+            mcq_options=tuple(self.mcq_options or ()),
+            mcq_answer=self.mcq_answer,
+        )
+        return parse_record(record.to_dict(), f"{self.source} {self.id}", self.lang)
 
 
 @dataclass(frozen=True)
