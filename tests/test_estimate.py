@@ -17,6 +17,7 @@ from xlalign.estimate import (
     cached_throughput,
     chain_lines,
     estimate_plan,
+    estimate_plan_steps,
     measure,
     notebook_seconds,
     run_seconds,
@@ -241,7 +242,21 @@ def test_the_pipeline_records_the_estimate_and_the_report_shows_it(tiny_profile,
         assert run.record["estimate"]["notebooks_s"] == rec["notebooks_s"]
         guess = rec["notebooks_s"]["00_quickstart"]
         table = "\n".join(wall_time_lines(run.record))
-        assert f"| notebook/00_quickstart | 12.0 | {guess} | {12.0 / guess:.2f} |" in table
+        assert f"| notebook/00_quickstart | 12.0 | {guess} | {12.0 / guess:.2f} |  |" in table
+        # each training and evaluation has its own estimate, from the same pass as the notebooks'
+        per_step = rec["steps_s"]
+        trains = [k for k in per_step if k.startswith("train/")]
+        evals = [k for k in per_step if k.startswith("eval/")]
+        assert trains and evals and all(v > 0 for v in per_step.values())
+        assert run.record["estimate"]["steps_s"] == per_step
+        # a training's row shows its whole call (what its estimate counts), its steps as a note
+        run.step(trains[0], wall_time_s=5.0, call_s=9.0, steps=2)
+        run.step(evals[0], wall_time_s=3.0, items=4)
+        table = "\n".join(wall_time_lines(run.record))
+        g = per_step[trains[0]]
+        assert f"| {trains[0]} | 9.0 | {g} | {9.0 / g:.2f} | trainer steps 5.0 s |" in table
+        g = per_step[evals[0]]
+        assert f"| {evals[0]} | 3.0 | {g} | {3.0 / g:.2f} |  |" in table
     finally:
         run.finish("ok")
 
@@ -324,6 +339,17 @@ def test_prompts_scored_earlier_in_the_run_cost_only_the_adapted_layers(tiny_pro
     nb1, nb2 = NotebookPlan("02_x", runs=[first]), NotebookPlan("03_x", runs=[again])
     chain = estimate_plan([nb1, nb2], th)
     assert chain["03_x"] < round(notebook_seconds(nb2, th), 1)
+    # the same pass prices each step under its run.json name; one planned twice keeps the later
+    # price, as run.json keeps the later call, and a reused run (no compute) is left out
+    twice = ModelRun("eval", "base", "m", profile=p, rows=rows + [{"lang": "en", "prompt": "r"}])
+    reused = ModelRun("eval", "old", "m", profile=p, rows=rows, reuses="base")
+    nb3 = NotebookPlan("04_x", runs=[twice, reused])
+    notebooks, steps = estimate_plan_steps([nb1, nb2, nb3], th)
+    assert notebooks == estimate_plan([nb1, nb2, nb3], th)
+    assert set(steps) == {"eval/base", "eval/adapter"}
+    assert steps["eval/adapter"] == pytest.approx(2.0 + (0.25 * 200 + 100) * 0.001, abs=0.06)
+    # its 4 prompts scored before cost a quarter of their 400 tokens, the new "r" its 100 in full
+    assert steps["eval/base"] == pytest.approx(2.0 + (0.25 * 400 + 100) * 0.001, abs=0.06)
 
 
 def test_training_counts_padding_and_reuses_the_other_arms_frozen_states(tiny_profile):

@@ -649,11 +649,16 @@ def run_seconds(
 
 
 def notebook_seconds(
-    nb: NotebookPlan, th: Throughput, scored: set | None = None, trained: set | None = None
+    nb: NotebookPlan,
+    th: Throughput,
+    scored: set | None = None,
+    trained: set | None = None,
+    per_run: dict[str, float] | None = None,
 ) -> float:
     """A notebook's kernel start, its data steps and its runs. ``scored`` and ``trained``: prompts
     scored and trained on earlier in the run (``run_seconds``); fresh sets when None, as for a
-    notebook run on its own."""
+    notebook run on its own. ``per_run``, where given, receives each training's and evaluation's
+    seconds under its step name (``estimate_plan_steps``)."""
     scored = set() if scored is None else scored
     trained = set() if trained is None else trained
     s = th.startup_s + KERNEL_START_S
@@ -661,15 +666,40 @@ def notebook_seconds(
     s += nb.data_rows * th.tokenize_s_per_row + nb.tokenizer_loads * th.tokenizer_load_s
     if nb.notebook.startswith(REPORT_PREFIX):
         s += REPORT_BUILD_S
-    return s + sum(run_seconds(r, th, scored, trained) for r in nb.runs)
+    for r in nb.runs:
+        cost = run_seconds(r, th, scored, trained)
+        if per_run is not None and r.kind in STEP_KINDS and cost > 0:
+            per_run[f"{r.kind}/{r.label}"] = round(cost, 1)
+        s += cost
+    return s
 
 
 def estimate_plan(plans: list[NotebookPlan], th: Throughput) -> dict[str, float]:
     """Seconds per notebook of one chain: prompts scored or trained on by one notebook keep their
     frozen-layer states for the next."""
+    return estimate_plan_steps(plans, th)[0]
+
+
+# The run kinds whose step in run.json is named ``<kind>/<label>`` (experiments.steps).
+STEP_KINDS = ("train", "eval")
+
+
+def estimate_plan_steps(
+    plans: list[NotebookPlan], th: Throughput
+) -> tuple[dict[str, float], dict[str, float]]:
+    """``estimate_plan``'s seconds per notebook, and from the same pass the seconds of each training
+    and evaluation step, keyed by its step name in ``run.json`` (``train/<label>``,
+    ``eval/<label>``). A step planned twice (the base model scored in notebook 02, then on more
+    items in 03) keeps the later estimate, as ``run.json`` keeps the later call; reused runs cost
+    nothing and are left out."""
     scored: set = set()
     trained: set = set()
-    return {nb.notebook: round(notebook_seconds(nb, th, scored, trained), 1) for nb in plans}
+    notebooks: dict[str, float] = {}
+    steps: dict[str, float] = {}
+    for nb in plans:
+        s = notebook_seconds(nb, th, scored, trained, per_run=steps)
+        notebooks[nb.notebook] = round(s, 1)
+    return notebooks, steps
 
 
 def estimate_chain(

@@ -117,7 +117,7 @@ def up_front_estimate(profile: Profile, run: Run, only: list[str] | None = None)
     Notebooks that load no model (the report alone: ``--only 07``) are not worth a fresh
     measurement that takes longer than they do: they reuse this host's measurement of the day, or
     go without an estimate."""
-    from xlalign.estimate import cached_throughput, chain_lines, estimate_plan, measure
+    from xlalign.estimate import cached_throughput, chain_lines, estimate_plan_steps, measure
 
     try:
         t0 = time.perf_counter()
@@ -134,7 +134,7 @@ def up_front_estimate(profile: Profile, run: Run, only: list[str] | None = None)
                     flush=True,
                 )
                 return None
-        estimates = estimate_plan(plans, th)
+        estimates, step_estimates = estimate_plan_steps(plans, th)
     except Exception as exc:  # noqa: BLE001 - the estimate is advice, the chain is the work
         print(f"[xlalign] no up-front estimate ({type(exc).__name__}: {exc})"[:300], flush=True)
         return None
@@ -169,6 +169,8 @@ def up_front_estimate(profile: Profile, run: Run, only: list[str] | None = None)
     record = {
         "notebooks_s": estimates,
         "total_s": round(sum(s for nb, s in estimates.items() if nb not in done), 1),
+        # each training's and evaluation's share, for the report's per-step comparison
+        "steps_s": step_estimates,
         "throughput": th.to_dict(),
     }
     run.record["estimate"] = record
