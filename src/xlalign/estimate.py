@@ -50,6 +50,8 @@ CALM_MEASURE_TOKENS = 320
 REPORT_BUILD_S = 3.0
 CACHE_MAX_AGE_S = 24 * 3600
 TOKEN_SAMPLE_PER_LANG = 8
+# The run kinds whose step in run.json is named ``<kind>/<label>`` (experiments.steps).
+STEP_KINDS = ("train", "eval")
 
 
 @dataclass
@@ -678,10 +680,6 @@ def estimate_plan(plans: list[NotebookPlan], th: Throughput) -> dict[str, float]
     """Seconds per notebook of one chain: prompts scored or trained on by one notebook keep their
     frozen-layer states for the next."""
     return estimate_plan_steps(plans, th)[0]
-
-
-# The run kinds whose step in run.json is named ``<kind>/<label>`` (experiments.steps).
-STEP_KINDS = ("train", "eval")
 
 
 def estimate_plan_steps(
